@@ -1,0 +1,267 @@
+//! Connecting to the session database: SQLite in development, PostgreSQL in
+//! production, both behind one sea-orm connection.
+//!
+//! On PostgreSQL every pooled connection is put in the time zone the Node
+//! app's connections use, so that `expire` (a timestamp WITHOUT time zone,
+//! written by connect-pg-simple as `to_timestamp(..)` in that zone) means the
+//! same instant to sockgate as to the Node app. sqlx opens every connection
+//! with `TimeZone=UTC`, which would shift every expiry by the zone's offset.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, SqlxPostgresConnector, SqlxSqliteConnector,
+    Statement,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid DATABASE_URL: {0}")]
+    BadUrl(String),
+    #[error(
+        "could not detect the database's default time zone ({0}); set SESSION_TIMEZONE to the zone the Node app's connections use"
+    )]
+    ZoneDetection(String),
+    #[error("database error: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("session table {table}: {problem}")]
+    SessionTable { table: String, problem: String },
+}
+
+/// The session table's name as connect-pg-simple quotes it.
+pub fn quoted_table(schema: Option<&str>, table: &str) -> String {
+    match schema {
+        Some(schema) => format!("\"{schema}\".\"{table}\""),
+        None => format!("\"{table}\""),
+    }
+}
+
+pub struct Database {
+    pub conn: DatabaseConnection,
+    /// The zone `expire` is written in (PostgreSQL only).
+    pub session_zone: Option<String>,
+}
+
+impl Database {
+    pub fn backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+}
+
+pub async fn connect(config: &Config) -> Result<Database, DbError> {
+    if config.is_sqlite() {
+        connect_sqlite(config).await
+    } else {
+        connect_postgres(config).await
+    }
+}
+
+async fn connect_sqlite(config: &Config) -> Result<Database, DbError> {
+    let options = SqliteConnectOptions::from_str(&config.database_url)
+        .map_err(|e| DbError::BadUrl(e.to_string()))?
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(config.db_max_connections.max(1))
+        .acquire_timeout(config.db_acquire_timeout())
+        .connect_with(options)
+        .await?;
+    Ok(Database {
+        conn: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
+        session_zone: None,
+    })
+}
+
+async fn connect_postgres(config: &Config) -> Result<Database, DbError> {
+    let options = PgConnectOptions::from_str(&config.database_url)
+        .map_err(|e| DbError::BadUrl(e.to_string()))?
+        .application_name("sockgate");
+    let zone = match &config.session_timezone {
+        Some(zone) => zone.clone(),
+        None => detect_default_zone(&config.database_url).await?,
+    };
+    let zone_for_conns = zone.clone();
+    let pool = PgPoolOptions::new()
+        .max_connections(config.db_max_connections.max(1))
+        .acquire_timeout(config.db_acquire_timeout())
+        .after_connect(move |conn, _meta| {
+            let zone = zone_for_conns.clone();
+            Box::pin(async move {
+                sqlx::query("SELECT set_config('TimeZone', $1, false)")
+                    .bind(zone)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    tracing::info!(session_zone = %zone, "session expiry is read in the database's default time zone");
+    Ok(Database {
+        conn: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
+        session_zone: Some(zone),
+    })
+}
+
+/// The time zone a client that sends none (node-postgres) gets: the role's,
+/// the database's or the server's default. sqlx always sends one, so the
+/// probe uses tokio-postgres, which does not.
+pub async fn detect_default_zone(url: &str) -> Result<String, DbError> {
+    let pg_config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| DbError::ZoneDetection(format!("cannot parse the URL: {e}")))?;
+    let probe = async {
+        let (client, connection) = pg_config.connect(tokio_postgres::NoTls).await?;
+        let conn_task = tokio::spawn(connection);
+        let row = client.query_one("SHOW TimeZone", &[]).await;
+        drop(client);
+        let _ = conn_task.await;
+        row.map(|r| r.get::<_, String>(0))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), probe).await {
+        Ok(Ok(zone)) => Ok(zone),
+        Ok(Err(e)) => Err(DbError::ZoneDetection(e.to_string())),
+        Err(_) => Err(DbError::ZoneDetection("timed out".into())),
+    }
+}
+
+/// Runs sockgate's own migrations (never touches the session table).
+pub async fn migrate(db: &Database) -> Result<(), DbError> {
+    use migration::MigratorTrait;
+    migration::Migrator::up(&db.conn, None).await?;
+    Ok(())
+}
+
+/// connect-pg-simple's table.sql, for SQLite development databases and for
+/// tests. sockgate never runs this against a production PostgreSQL.
+pub async fn create_session_table(
+    db: &DatabaseConnection,
+    schema: Option<&str>,
+    table: &str,
+) -> Result<(), DbError> {
+    let quoted = quoted_table(schema, table);
+    let index = format!("\"IDX_{table}_expire\"");
+    let sql = match db.get_database_backend() {
+        DbBackend::Postgres => format!(
+            "CREATE TABLE IF NOT EXISTS {quoted} (\
+               \"sid\" varchar NOT NULL COLLATE \"default\", \
+               \"sess\" json NOT NULL, \
+               \"expire\" timestamp(6) NOT NULL) WITH (OIDS=FALSE); \
+             DO $$ BEGIN \
+               IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass('{q}') AND contype = 'p') THEN \
+                 ALTER TABLE {quoted} ADD CONSTRAINT \"{table}_pkey\" PRIMARY KEY (\"sid\") NOT DEFERRABLE INITIALLY IMMEDIATE; \
+               END IF; END $$; \
+             CREATE INDEX IF NOT EXISTS {index} ON {quoted} (\"expire\");",
+            q = quoted.replace('\'', "''"),
+        ),
+        _ => format!(
+            "CREATE TABLE IF NOT EXISTS {quoted} (\
+               \"sid\" varchar NOT NULL PRIMARY KEY, \
+               \"sess\" json NOT NULL, \
+               \"expire\" timestamp(6) NOT NULL); \
+             CREATE INDEX IF NOT EXISTS {index} ON {quoted} (\"expire\");"
+        ),
+    };
+    db.execute_unprepared(&sql).await?;
+    Ok(())
+}
+
+/// Checks that the session table exists with connect-pg-simple's shape,
+/// without changing it. Errors name the table and what is wrong.
+pub async fn verify_session_table(
+    db: &DatabaseConnection,
+    schema: Option<&str>,
+    table: &str,
+) -> Result<(), DbError> {
+    let quoted = quoted_table(schema, table);
+    let problem = |problem: String| DbError::SessionTable {
+        table: quoted.clone(),
+        problem,
+    };
+    match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let rows = db
+                .query_all_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type, \
+                            a.attnotnull AS not_null, \
+                            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid \
+                                    AND i.indisunique AND i.indnatts = 1 AND i.indkey[0] = a.attnum) AS unique_key \
+                     FROM pg_attribute a \
+                     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                    [quoted.clone().into()],
+                ))
+                .await?;
+            if rows.is_empty() {
+                return Err(problem(
+                    "does not exist (create it with connect-pg-simple's table.sql, or set SESSION_SCHEMA/SESSION_TABLE)".into(),
+                ));
+            }
+            let mut columns = Vec::new();
+            for row in rows {
+                let name: String = row.try_get("", "name")?;
+                let ty: String = row.try_get("", "type")?;
+                let not_null: bool = row.try_get("", "not_null")?;
+                let unique: bool = row.try_get("", "unique_key")?;
+                columns.push((name, ty, not_null, unique));
+            }
+            let find = |n: &str| columns.iter().find(|c| c.0 == n);
+            let expect = |name: &str, ok: &dyn Fn(&str) -> bool, wanted: &str| match find(name) {
+                None => Err(problem(format!("has no column \"{name}\" ({wanted})"))),
+                Some((_, ty, _, _)) if !ok(ty) => Err(problem(format!(
+                    "column \"{name}\" is {ty}, expected {wanted}"
+                ))),
+                Some((_, _, false, _)) => {
+                    Err(problem(format!("column \"{name}\" must be NOT NULL")))
+                }
+                Some(_) => Ok(()),
+            };
+            expect(
+                "sid",
+                &|t| t.starts_with("character varying") || t == "text",
+                "varchar",
+            )?;
+            expect("sess", &|t| t == "json" || t == "jsonb", "json or jsonb")?;
+            expect(
+                "expire",
+                &|t| t.starts_with("timestamp"),
+                "timestamp(6) without time zone",
+            )?;
+            if !find("sid").is_some_and(|c| c.3) {
+                return Err(problem("column \"sid\" is not the primary key".into()));
+            }
+            Ok(())
+        }
+        _ => {
+            let rows = db
+                .query_all_raw(Statement::from_string(
+                    DbBackend::Sqlite,
+                    format!(
+                        "SELECT name FROM pragma_table_info('{}')",
+                        table.replace('\'', "''")
+                    ),
+                ))
+                .await?;
+            let names: Vec<String> = rows
+                .iter()
+                .filter_map(|r| r.try_get::<String>("", "name").ok())
+                .collect();
+            if names.is_empty() {
+                return Err(problem("does not exist".into()));
+            }
+            for col in ["sid", "sess", "expire"] {
+                if !names.iter().any(|n| n == col) {
+                    return Err(problem(format!("has no column \"{col}\"")));
+                }
+            }
+            Ok(())
+        }
+    }
+}

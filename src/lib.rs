@@ -1,0 +1,16 @@
+//! sockgate: a Socket.IO gateway that trusts a connection only as long as
+//! the Node app's express-session says so.
+
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod server;
+pub mod session;
+pub mod session_id;
+pub mod session_store;
+pub mod signature;
+pub mod socket;
+pub mod telemetry;

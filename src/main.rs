@@ -1,0 +1,16 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = sockgate::cli::Cli::parse();
+    sockgate::telemetry::init(cli.config.log_format);
+    match sockgate::cli::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sockgate: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

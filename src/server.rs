@@ -1,0 +1,228 @@
+//! Assembling and running the server: database, audit writer, Socket.IO
+//! layer and HTTP routes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use chrono::{DateTime, TimeZone, Utc};
+use rand::RngCore;
+use sea_orm::{EntityTrait, Set};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::audit::AuditLog;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::db::{self, Database};
+use crate::session::{self, UserId};
+use crate::session_store::SessionStore;
+
+/// The development user a fresh SQLite database starts with.
+pub const DEV_USER_ID: &str = "1";
+pub const DEV_USERNAME: &str = "dev";
+
+/// Everything a request or socket handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: sea_orm::DatabaseConnection,
+    pub auth: Authenticator,
+    pub audit: AuditLog,
+}
+
+/// Connects, prepares the database and starts the audit writer.
+pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
+    config.validate()?;
+    let db = db::connect(&config)
+        .await
+        .context("connecting to the database")?;
+    if config.is_sqlite() {
+        db::migrate(&db)
+            .await
+            .context("migrating the SQLite database")?;
+        prepare_dev_database(&config, &db).await?;
+    } else {
+        db::verify_session_table(
+            &db.conn,
+            config.session_schema.as_deref(),
+            &config.session_table,
+        )
+        .await?;
+        ensure_migrated(&db).await?;
+    }
+    let store = SessionStore::new(
+        db.conn.clone(),
+        config.session_schema.as_deref(),
+        &config.session_table,
+    );
+    let auth = Authenticator {
+        store,
+        secrets: config.secrets()?,
+        cookie_name: config.cookie_name.clone(),
+    };
+    let audit = AuditLog::spawn(db.conn.clone(), config.audit_buffer);
+    Ok(AppState {
+        config: Arc::new(config),
+        db: db.conn,
+        auth,
+        audit,
+    })
+}
+
+async fn ensure_migrated(db: &Database) -> anyhow::Result<()> {
+    use migration::MigratorTrait;
+    let pending = migration::Migrator::get_pending_migrations(&db.conn)
+        .await
+        .context("reading sockgate's migrations")?;
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "{} sockgate migration(s) pending: run `sockgate migrate` against this database first",
+            pending.len()
+        );
+    }
+    Ok(())
+}
+
+/// On SQLite the session table is sockgate's to create, and a development
+/// user is there to log in as.
+pub async fn prepare_dev_database(config: &Config, db: &Database) -> anyhow::Result<()> {
+    db::create_session_table(&db.conn, None, &config.session_table).await?;
+    let user = entity::app_user::ActiveModel {
+        id: Set(DEV_USER_ID.to_owned()),
+        username: Set(DEV_USERNAME.to_owned()),
+        created_at: Set(Utc::now()),
+    };
+    entity::app_user::Entity::insert(user)
+        .on_conflict_do_nothing_on([entity::app_user::Column::Id])
+        .exec_without_returning(&db.conn)
+        .await?;
+    Ok(())
+}
+
+pub struct Minted {
+    pub sid: String,
+    /// `s:<sid>.<signature>`, what `auth.sessionId` carries.
+    pub signed: String,
+    /// The URL-encoded cookie value, as express-session sets it.
+    pub cookie_value: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A new session id as express-session makes them (uid-safe, 24 bytes).
+pub fn new_sid() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Writes a logged-in session for `user`, as express-session + passport +
+/// connect-pg-simple would after a login.
+pub async fn mint_session(
+    config: &Config,
+    db: &Database,
+    user: &UserId,
+    ttl: Duration,
+) -> anyhow::Result<Minted> {
+    let store = SessionStore::new(
+        db.conn.clone(),
+        config.session_schema.as_deref(),
+        &config.session_table,
+    );
+    let sid = new_sid();
+    let (expire, sess) = session::new_session_json(user, Utc::now(), ttl);
+    store.upsert(&sid, &sess, expire).await?;
+    let signed = format!("s:{}", config.secrets()?.sign(&sid));
+    Ok(Minted {
+        cookie_value: percent_encoding::utf8_percent_encode(&signed, COOKIE_ENCODE).to_string(),
+        signed,
+        sid,
+        expires_at: Utc.timestamp_opt(expire, 0).single().unwrap_or_default(),
+    })
+}
+
+/// `encodeURIComponent`'s set, which express-session's cookie serializer
+/// uses for the value.
+const COOKIE_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    join: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.join).await;
+    }
+
+    pub async fn wait_for_ctrl_c(self) -> anyhow::Result<()> {
+        tokio::signal::ctrl_c().await?;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Prepares the database, binds `config.listen` and serves in the
+/// background.
+pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
+    let listen = config.listen;
+    let state = prepare(config).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    serve(listener, state).await
+}
+
+pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<RunningServer> {
+    let local_addr = listener.local_addr()?;
+    let app = crate::http::router(state.clone());
+    let (tx, rx) = oneshot::channel::<()>();
+    let join = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    announce(&state, local_addr);
+    Ok(RunningServer {
+        local_addr,
+        state,
+        shutdown: Some(tx),
+        join,
+    })
+}
+
+fn announce(state: &AppState, addr: SocketAddr) {
+    tracing::info!(%addr, "sockgate listening on http://{addr} (Socket.IO at /socket.io/)");
+    if state.config.is_sqlite() {
+        tracing::info!(
+            "development user {DEV_USER_ID} ({DEV_USERNAME}): get a session cookie with `cargo run -- session mint --user {DEV_USER_ID}`"
+        );
+    }
+}

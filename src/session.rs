@@ -1,0 +1,217 @@
+//! What a stored session means: who is logged in, whether it is still live,
+//! and how it is extended. Plain functions, no database.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// A passport user id as text: numbers as their decimal form, strings as is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The room every socket of this user joins, on every node.
+    pub fn room(&self) -> String {
+        format!("user:{}", self.0)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `sess.passport.user`, read the way passport reads it: a number (0
+/// included), a non-empty string, or an object carrying such an `id`
+/// (passport's own example serializes `{id, username}`). A missing or empty
+/// `passport` (what logout leaves) means nobody is logged in.
+pub fn passport_user(sess: &Value) -> Option<UserId> {
+    let user = sess.get("passport")?.get("user")?;
+    id_of(user).or_else(|| user.as_object().and_then(|o| o.get("id")).and_then(id_of))
+}
+
+fn id_of(v: &Value) -> Option<UserId> {
+    match v {
+        Value::Number(n) => Some(UserId(n.to_string())),
+        Value::String(s) if !s.is_empty() => Some(UserId(s.clone())),
+        _ => None,
+    }
+}
+
+/// `Math.ceil(Date.now() / 1000)`: connect-pg-simple's notion of "now".
+pub fn ceil_unix_seconds(now: DateTime<Utc>) -> i64 {
+    let ms = now.timestamp_millis();
+    ms.div_euclid(1000) + i64::from(ms.rem_euclid(1000) != 0)
+}
+
+/// connect-pg-simple's `expire >= to_timestamp(ceil(now))`: a session is
+/// live up to and including the second its `expire` names.
+pub fn is_live(expire: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    expire.timestamp_micros() >= ceil_unix_seconds(now) * 1_000_000
+}
+
+/// The lifetime a refresh grants: `sess.cookie.originalMaxAge` (ms) when
+/// the session has one, else the configured ttl.
+pub fn session_ttl(sess: &Value, default_ttl: Duration) -> Duration {
+    sess.get("cookie")
+        .and_then(|c| c.get("originalMaxAge"))
+        .and_then(Value::as_f64)
+        .filter(|ms| ms.is_finite() && *ms > 0.0)
+        .map(|ms| Duration::from_millis(ms as u64))
+        .unwrap_or(default_ttl)
+}
+
+/// The new `expire` (whole seconds, as connect-pg-simple writes it) and the
+/// session JSON with `cookie.expires` moved to match, so that a later
+/// `store.set` of this session by the Node app cannot move the expiry back.
+pub fn extend(sess: &Value, now: DateTime<Utc>, default_ttl: Duration) -> (i64, Value) {
+    let ttl = session_ttl(sess, default_ttl);
+    let expires_ms = now.timestamp_millis() + ttl.as_millis() as i64;
+    let expires = Utc.timestamp_millis_opt(expires_ms).single().unwrap_or(now);
+    let mut sess = sess.clone();
+    if !sess.is_object() {
+        sess = Value::Object(Default::default());
+    }
+    let obj = sess.as_object_mut().expect("made an object above");
+    let cookie = obj
+        .entry("cookie")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !cookie.is_object() {
+        *cookie = Value::Object(Default::default());
+    }
+    let cookie = cookie.as_object_mut().expect("made an object above");
+    cookie
+        .entry("originalMaxAge")
+        .or_insert_with(|| Value::from(ttl.as_millis() as u64));
+    // JS `Date.prototype.toJSON`: ISO 8601 with milliseconds and `Z`.
+    cookie.insert(
+        "expires".into(),
+        Value::from(expires.to_rfc3339_opts(SecondsFormat::Millis, true)),
+    );
+    (ceil_unix_seconds(expires), sess)
+}
+
+/// The session JSON express-session + passport store for a fresh login.
+pub fn new_session_json(user: &UserId, now: DateTime<Utc>, ttl: Duration) -> (i64, Value) {
+    let user_value = user
+        .as_str()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| n.to_string() == user.as_str())
+        .map_or_else(|| Value::from(user.as_str()), Value::from);
+    let sess = serde_json::json!({
+        "cookie": {
+            "originalMaxAge": ttl.as_millis() as u64,
+            "httpOnly": true,
+            "path": "/"
+        },
+        "passport": { "user": user_value }
+    });
+    extend(&sess, now, ttl)
+}
+
+/// A short one-way fingerprint of a session id, for logs and audit rows:
+/// enough to correlate events, useless as a credential.
+pub fn fingerprint(sid: &str) -> String {
+    let digest = Sha256::digest(sid.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn passport_user_forms() {
+        assert_eq!(
+            passport_user(&json!({"passport": {"user": 42}})),
+            Some(UserId::new("42"))
+        );
+        assert_eq!(
+            passport_user(&json!({"passport": {"user": 0}})),
+            Some(UserId::new("0"))
+        );
+        assert_eq!(
+            passport_user(&json!({"passport": {"user": "abc"}})),
+            Some(UserId::new("abc"))
+        );
+        assert_eq!(
+            passport_user(&json!({"passport": {"user": {"id": 7, "username": "x"}}})),
+            Some(UserId::new("7"))
+        );
+        assert_eq!(passport_user(&json!({"passport": {}})), None);
+        assert_eq!(passport_user(&json!({"passport": {"user": ""}})), None);
+        assert_eq!(passport_user(&json!({"passport": {"user": null}})), None);
+        assert_eq!(
+            passport_user(&json!({"passport": {"user": {"username": "x"}}})),
+            None
+        );
+        assert_eq!(passport_user(&json!({"cookie": {}})), None);
+        assert_eq!(passport_user(&json!("not an object")), None);
+    }
+
+    #[test]
+    fn boundary_is_inclusive_at_the_ceiled_second() {
+        let at = |s: i64, ms: i64| Utc.timestamp_millis_opt(s * 1000 + ms).unwrap();
+        let expire = at(1_000, 0);
+        assert!(is_live(expire, at(999, 0)));
+        assert!(is_live(expire, at(999, 1)), "now ceils to 1000 == expire");
+        assert!(is_live(expire, at(1_000, 0)));
+        assert!(!is_live(expire, at(1_000, 1)), "now ceils to 1001 > expire");
+        assert!(!is_live(expire, at(1_001, 0)));
+    }
+
+    #[test]
+    fn extend_moves_cookie_expires_and_uses_original_max_age() {
+        let now = Utc.timestamp_millis_opt(1_700_000_000_500).unwrap();
+        let sess = json!({"cookie": {"originalMaxAge": 60_000, "expires": "2000-01-01T00:00:00.000Z"}, "passport": {"user": 1}});
+        let (expire, sess) = extend(&sess, now, Duration::from_secs(86_400));
+        assert_eq!(expire, 1_700_000_061);
+        assert_eq!(sess["cookie"]["expires"], "2023-11-14T22:14:20.500Z");
+        assert_eq!(sess["passport"]["user"], 1);
+        let (expire, _) = extend(&json!({}), now, Duration::from_secs(10));
+        assert_eq!(expire, 1_700_000_011);
+    }
+
+    proptest! {
+        #[test]
+        fn live_iff_expire_not_before_ceiled_now(expire_s in 0i64..4_000_000_000, expire_us in 0i64..1_000_000, now_ms in 0i64..4_000_000_000_000) {
+            let expire = Utc.timestamp_micros(expire_s * 1_000_000 + expire_us).unwrap();
+            let now = Utc.timestamp_millis_opt(now_ms).unwrap();
+            let ceil = (now_ms + 999) / 1000;
+            prop_assert_eq!(is_live(expire, now), expire_s * 1_000_000 + expire_us >= ceil * 1_000_000);
+        }
+
+        #[test]
+        fn one_second_either_side(expire_s in 1i64..4_000_000_000) {
+            let expire = Utc.timestamp_opt(expire_s, 0).unwrap();
+            prop_assert!(is_live(expire, Utc.timestamp_opt(expire_s - 1, 0).unwrap()));
+            prop_assert!(is_live(expire, Utc.timestamp_opt(expire_s, 0).unwrap()));
+            prop_assert!(!is_live(expire, Utc.timestamp_opt(expire_s + 1, 0).unwrap()));
+        }
+
+        #[test]
+        fn extended_sessions_are_live_for_their_ttl(now_ms in 0i64..4_000_000_000_000, ttl_s in 1u64..10_000_000) {
+            let now = Utc.timestamp_millis_opt(now_ms).unwrap();
+            let (expire, sess) = extend(&json!({"passport": {"user": 1}}), now, Duration::from_secs(ttl_s));
+            let expire_at = Utc.timestamp_opt(expire, 0).unwrap();
+            prop_assert!(is_live(expire_at, now + chrono::Duration::seconds(ttl_s as i64)));
+            let cookie_expires = DateTime::parse_from_rfc3339(sess["cookie"]["expires"].as_str().unwrap()).unwrap();
+            prop_assert_eq!(ceil_unix_seconds(cookie_expires.with_timezone(&Utc)), expire);
+        }
+    }
+}

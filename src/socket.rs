@@ -1,0 +1,151 @@
+//! The Socket.IO layer: a connect middleware that authenticates every
+//! handshake, and the handlers of an authenticated socket. Thin: decisions
+//! are made in `auth`, records in `audit`.
+
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::Value as Json;
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::DisconnectReason;
+
+use crate::audit::{self, AuditEvent, Severity};
+use crate::auth::{AuthError, Credentials};
+use crate::server::AppState;
+use crate::session::{self, UserId};
+
+/// What an authenticated socket carries, from the stored session only.
+#[derive(Debug, Clone)]
+pub struct SocketSession {
+    pub user_id: UserId,
+    pub sid: String,
+    pub authenticated: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoAmI<'a> {
+    pub user_id: &'a str,
+    pub session_id: &'a str,
+    pub authenticated: bool,
+}
+
+pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
+    let (layer, io) = SocketIo::builder().with_state(state).build_layer();
+    io.ns("/", on_connect.with(authenticate));
+    (layer, io)
+}
+
+/// Node joins repeated Cookie headers with "; " (HTTP/2 sends one per
+/// cookie); header bytes are read as latin1, as Node reads them.
+fn cookie_header(parts: &http::request::Parts) -> Option<String> {
+    let mut values = parts
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .peekable();
+    values.peek()?;
+    Some(
+        values
+            .map(|v| crate::session_id::header_to_string(v.as_bytes()))
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
+fn client_ip(s: &SocketRef) -> Option<String> {
+    s.req_parts()
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string())
+}
+
+fn handshake_event(s: &SocketRef, action: &'static str, severity: Severity) -> AuditEvent {
+    let mut event = AuditEvent::new(action, severity);
+    event.socket_id = Some(s.id.to_string());
+    event.client_ip = client_ip(s);
+    event.headers = Some(audit::redact_headers(&s.req_parts().headers));
+    event.details = Some(serde_json::json!({ "transport": format!("{:?}", s.transport_type()) }));
+    event
+}
+
+/// The connect middleware: runs before any handler; `Err` becomes the
+/// client's `connect_error` with the error's message.
+async fn authenticate(
+    s: SocketRef,
+    State(state): State<AppState>,
+    TryData(auth): TryData<Json>,
+) -> Result<(), AuthError> {
+    // A non-JSON or missing auth payload is simply no auth payload.
+    let auth = auth.ok();
+    let cookie = cookie_header(s.req_parts());
+    let creds = Credentials {
+        cookie_header: cookie.as_deref(),
+        auth: auth.as_ref(),
+    };
+    match state.auth.authenticate(&creds, Utc::now()).await {
+        Ok(ok) => {
+            let mut event = handshake_event(&s, audit::action::AUTHENTICATED, Severity::Info);
+            event.user_id = Some(ok.user_id.to_string());
+            event.session_ref = Some(session::fingerprint(&ok.sid));
+            state.audit.record(event);
+            tracing::info!(socket = %s.id, user = %ok.user_id, session = %session::fingerprint(&ok.sid), source = ok.source.as_str(), "socket authenticated");
+            s.extensions.insert(SocketSession {
+                user_id: ok.user_id,
+                sid: ok.sid,
+                authenticated: true,
+            });
+            Ok(())
+        }
+        Err((err, sid)) => {
+            let mut event = handshake_event(&s, audit::action::AUTH_FAILED, Severity::Warn);
+            event.user_id = err.user().map(ToString::to_string);
+            event.session_ref = sid.as_deref().map(session::fingerprint);
+            event.reason = Some(err.reason());
+            match &err {
+                AuthError::StoreUnavailable(e) => {
+                    tracing::error!(socket = %s.id, error = %e, "session store unreachable: handshake refused (fail closed)")
+                }
+                _ => {
+                    tracing::warn!(socket = %s.id, reason = %err.reason(), ip = ?event.client_ip, "handshake refused")
+                }
+            }
+            // Queued; written when the database is reachable again.
+            state.audit.record(event);
+            Err(err)
+        }
+    }
+}
+
+async fn on_connect(s: SocketRef) {
+    let Some(session) = s.extensions.get::<SocketSession>() else {
+        // Unreachable: the middleware inserts it before any handler runs.
+        tracing::error!(socket = %s.id, "socket without a session reached the handler");
+        let _ = s.disconnect();
+        return;
+    };
+    s.join(session.user_id.room());
+
+    s.on("whoami", async |s: SocketRef, ack: AckSender| {
+        if let Some(session) = s.extensions.get::<SocketSession>() {
+            let me = WhoAmI {
+                user_id: session.user_id.as_str(),
+                session_id: &session.sid,
+                authenticated: session.authenticated,
+            };
+            let _ = s.emit("whoami", &me);
+            let _ = ack.send(&me);
+        }
+    });
+
+    s.on_disconnect(async |s: SocketRef, reason: DisconnectReason| {
+        if let Some(session) = s.extensions.get::<SocketSession>() {
+            tracing::info!(socket = %s.id, user = %session.user_id, session = %session::fingerprint(&session.sid), %reason, "socket disconnected");
+        }
+    });
+}
