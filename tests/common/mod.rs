@@ -1,0 +1,245 @@
+//! Test support: a real sockgate server on loopback over a real database
+//! (SQLite file or PostgreSQL), and a real rust_socketio client.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod pg;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sockgate::config::Config;
+use sockgate::server::{self, Minted, RunningServer};
+use sockgate::session::UserId;
+use sqlx::Connection;
+
+pub const SECRET: &str = "test-secret-new";
+pub const OLD_SECRET: &str = "test-secret-old";
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    /// A fresh database whose default TimeZone is the given zone.
+    Postgres(Option<&'static str>),
+}
+
+/// A database made for one test, dropped with it.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub async fn create(backend: Backend) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("sockgate.db").display()
+                );
+                Some(TestDb {
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                    pg: None,
+                })
+            }
+            Backend::Postgres(zone) => {
+                let admin = pg::admin_url()?;
+                let name = format!(
+                    "sgt_{}",
+                    sockgate::server::new_sid()
+                        .to_lowercase()
+                        .replace(['-', '_'], "x")
+                );
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to the admin database");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                if let Some(zone) = zone {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "ALTER DATABASE \"{name}\" SET timezone TO '{zone}'"
+                    )))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                }
+                let mut url = url::Url::parse(&admin).unwrap();
+                url.set_path(&format!("/{name}"));
+                Some(TestDb {
+                    url: url.to_string(),
+                    backend,
+                    _dir: None,
+                    pg: Some((admin, name)),
+                })
+            }
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.pg.is_some()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.pg.take() {
+            // Drop runs inside the test's runtime: do the async work elsewhere.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        )))
+                        .execute(&mut conn)
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+pub fn test_config(db: &TestDb) -> Config {
+    let mut config = Config::for_database(db.url.clone());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.secrets = vec![SECRET.into(), OLD_SECRET.into()];
+    config.db_acquire_timeout_ms = 1_000;
+    config
+}
+
+/// Plays the Node app's part on PostgreSQL: the session table from
+/// connect-pg-simple's table.sql, and sockgate's own tables migrated.
+pub async fn prepare_postgres(config: &Config) {
+    let db = sockgate::db::connect(config).await.unwrap();
+    sockgate::db::migrate(&db).await.unwrap();
+    sockgate::db::create_session_table(
+        &db.conn,
+        config.session_schema.as_deref(),
+        &config.session_table,
+    )
+    .await
+    .unwrap();
+}
+
+pub struct TestEnv {
+    pub db: TestDb,
+    pub config: Config,
+    pub server: RunningServer,
+}
+
+impl TestEnv {
+    /// `None` when the backend is PostgreSQL and none is available (the
+    /// skip was announced loudly; with SOCKGATE_REQUIRE_PG=1 it panics).
+    pub async fn start(backend: Backend) -> Option<TestEnv> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestEnv> {
+        let db = TestDb::create(backend).await?;
+        let mut config = test_config(&db);
+        tweak(&mut config);
+        if db.is_postgres() {
+            prepare_postgres(&config).await;
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let state = server::prepare(config.clone())
+            .await
+            .expect("server prepares");
+        let server = server::serve(listener, state).await.unwrap();
+        Some(TestEnv { db, config, server })
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub fn conn(&self) -> &sea_orm::DatabaseConnection {
+        &self.server.state.db
+    }
+
+    /// A logged-in session for `user`, written as connect-pg-simple would.
+    pub async fn mint(&self, user: &str) -> Minted {
+        self.mint_for(user, Duration::from_secs(3600)).await
+    }
+
+    pub async fn mint_for(&self, user: &str, ttl: Duration) -> Minted {
+        let db = sockgate::db::Database {
+            conn: self.conn().clone(),
+            session_zone: None,
+        };
+        server::mint_session(&self.config, &db, &UserId::new(user), ttl)
+            .await
+            .unwrap()
+    }
+
+    /// Writes a raw session row the way the Node app does: on PostgreSQL
+    /// through a connection that sends no TimeZone (as node-postgres), with
+    /// connect-pg-simple's own SQL.
+    pub async fn write_session(&self, sid: &str, sess: &serde_json::Value, expire_secs: i64) {
+        if self.db.is_postgres() {
+            let (client, conn) = tokio_postgres::connect(&self.db.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let task = tokio::spawn(conn);
+            client
+                .execute(
+                    "INSERT INTO \"session\" (sess, expire, sid) SELECT $1::text::json, to_timestamp($2), $3 \
+                     ON CONFLICT (sid) DO UPDATE SET sess = $1::text::json, expire = to_timestamp($2)",
+                    &[&sess.to_string(), &(expire_secs as f64), &sid],
+                )
+                .await
+                .unwrap();
+            drop(client);
+            let _ = task.await;
+        } else {
+            self.server
+                .state
+                .auth
+                .store
+                .upsert(sid, sess, expire_secs)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The signed, URL-encoded cookie value for `sid` (first secret).
+    pub fn cookie_value(&self, sid: &str) -> String {
+        let signed = format!("s:{}", sockgate::signature::sign(sid, SECRET));
+        percent_encoding::utf8_percent_encode(&signed, percent_encoding::NON_ALPHANUMERIC)
+            .to_string()
+    }
+
+    /// Waits for audit rows of `action` (the writer is asynchronous).
+    pub async fn audit_rows(&self, action: &str, at_least: usize) -> Vec<entity::audit_log::Model> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let rows = entity::audit_log::Entity::find()
+                .filter(entity::audit_log::Column::Action.eq(action))
+                .order_by_asc(entity::audit_log::Column::Id)
+                .all(self.conn())
+                .await
+                .unwrap();
+            if rows.len() >= at_least || tokio::time::Instant::now() > deadline {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub fn now_secs() -> i64 {
+    Utc::now().timestamp()
+}

@@ -1,0 +1,239 @@
+//! Finding a PostgreSQL for the tests: `SOCKGATE_TEST_PG_URL` or
+//! `DATABASE_URL` if set, else a throwaway cluster started from the local
+//! `initdb`/`postgres` binaries. With none, tests skip loudly, unless
+//! `SOCKGATE_REQUIRE_PG=1` (CI), where they fail.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+
+/// The admin URL of a PostgreSQL the tests may create databases in.
+pub fn admin_url() -> Option<String> {
+    static URL: OnceLock<Option<String>> = OnceLock::new();
+    URL.get_or_init(|| {
+        let from_env = std::env::var("SOCKGATE_TEST_PG_URL")
+            .ok()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .filter(|u| u.starts_with("postgres"));
+        let found = from_env.or_else(|| match Cluster::start() {
+            Ok(cluster) => Some(cluster.url()),
+            Err(why) => {
+                loud(&format!("no PostgreSQL for the tests: {why}"));
+                None
+            }
+        });
+        if found.is_none() && require_pg() {
+            panic!(
+                "SOCKGATE_REQUIRE_PG=1 but no PostgreSQL was found (set DATABASE_URL or install initdb/postgres)"
+            );
+        }
+        found
+    })
+    .clone()
+}
+
+pub fn require_pg() -> bool {
+    std::env::var("SOCKGATE_REQUIRE_PG").is_ok_and(|v| v == "1")
+}
+
+/// Written past the test harness's output capture, so a skip is seen.
+pub fn loud(msg: &str) {
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! {msg}\n!!!!!!!! PostgreSQL tests are SKIPPED in this run\n"
+    );
+}
+
+/// A PostgreSQL cluster of our own in a temporary directory. The server is
+/// a child that dies with the test process (PR_SET_PDEATHSIG), so no
+/// cluster outlives the run.
+pub struct Cluster {
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+fn pg_bin(name: &str) -> Option<PathBuf> {
+    if let Ok(out) = Command::new("which").arg(name).output()
+        && out.status.success()
+    {
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if !p.is_empty() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+        .filter(|p| p.exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+/// initdb and postgres refuse to run as root; run them as `postgres`.
+fn run_as() -> Option<(u32, u32)> {
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, "postgres"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    Some((id("-u")?, id("-g")?))
+}
+
+/// Removes the directories of clusters whose test process has exited (their
+/// servers died with it).
+fn sweep_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("sockgate-pg-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next() else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn start() -> Result<Cluster, String> {
+        let initdb = pg_bin("initdb").ok_or("initdb not found")?;
+        let postgres = pg_bin("postgres").ok_or("postgres binary not found")?;
+        sweep_stale_clusters();
+        let dir = std::env::temp_dir().join(format!(
+            "sockgate-pg-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let user = run_as();
+        if let Some((uid, gid)) = user {
+            let c = std::ffi::CString::new(dir.to_string_lossy().as_bytes()).unwrap();
+            unsafe { libc::chown(c.as_ptr(), uid, gid) };
+        }
+        let data = dir.join("data");
+        let mut cmd = Command::new(&initdb);
+        cmd.args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "-D",
+        ])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if let Some((uid, gid)) = user {
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.output().map_err(|e| format!("initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let port = free_port();
+        let cluster = Cluster { port, dir };
+        cluster.spawn_server(&postgres, &data, user)?;
+        cluster.wait_ready(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    fn spawn_server(
+        &self,
+        postgres: &Path,
+        data: &Path,
+        user: Option<(u32, u32)>,
+    ) -> Result<(), String> {
+        let mut cmd = Command::new(postgres);
+        cmd.arg("-D")
+            .arg(data)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ])
+            .arg("-k")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = user {
+            cmd.uid(uid).gid(gid);
+        }
+        // Runs after the uid change (which would clear it).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+                Ok(())
+            });
+        }
+        // The death signal follows the spawning *thread*: keep one alive
+        // for the life of the process.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || match cmd.spawn() {
+            Ok(mut child) => {
+                let _ = tx.send(Ok(()));
+                let _ = child.wait();
+            }
+            Err(e) => {
+                let _ = tx.send(Err(format!("postgres: {e}")));
+            }
+        });
+        rx.recv().map_err(|e| e.to_string())?
+    }
+
+    fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+        let url = self.url();
+        // Its own thread and runtime: callers may be inside a test runtime.
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + limit;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            loop {
+                if rt.block_on(async { sqlx::PgConnection::connect(&url).await.is_ok() }) {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err("the throwaway cluster did not become ready".to_owned());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .join()
+        .map_err(|_| "readiness check panicked".to_owned())?
+    }
+}

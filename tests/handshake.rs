@@ -1,0 +1,458 @@
+//! The handshake contract (DESIGN.md, "Handshake"), through a real
+//! rust_socketio client over both transports, on SQLite and PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::client::{self, Options, Transport};
+use common::{Backend, TestEnv, now_secs};
+use serde_json::json;
+
+/// Runs one async test body against SQLite and against PostgreSQL.
+macro_rules! on_both_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let env = TestEnv::start(Backend::Sqlite).await.unwrap();
+                ($body)(env).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(env) = TestEnv::start(Backend::Postgres(None)).await else {
+                    return;
+                };
+                ($body)(env).await;
+            }
+        }
+    };
+}
+
+fn cookie(env: &TestEnv, value: &str) -> Options {
+    Options {
+        cookie: Some(format!("{}={value}", env.config.cookie_name)),
+        ..Default::default()
+    }
+}
+
+on_both_backends!(
+    valid_cookie_connects_and_knows_the_user,
+    |env: TestEnv| async move {
+        for transport in Transport::ALL {
+            let minted = env.mint("42").await;
+            let mut c =
+                client::connect(&env.url(), transport, cookie(&env, &minted.cookie_value)).await;
+            c.outcome()
+                .await
+                .unwrap_or_else(|e| panic!("{transport:?}: refused: {e}"));
+            let me = c.whoami().await;
+            assert_eq!(
+                me,
+                json!({"userId": "42", "sessionId": minted.sid, "authenticated": true}),
+                "{transport:?}"
+            );
+            c.disconnect().await;
+        }
+        let rows = env.audit_rows("socket.authenticated", 2).await;
+        assert_eq!(rows.len(), 2);
+        for row in &rows {
+            assert_eq!(row.severity, "INFO");
+            assert_eq!(row.user_id.as_deref(), Some("42"));
+            assert!(row.socket_id.is_some());
+            assert_eq!(row.client_ip.as_deref(), Some("127.0.0.1"));
+            let headers = row.headers.as_ref().unwrap().to_string();
+            assert!(headers.contains("\"cookie\":\"[redacted]\""), "{headers}");
+            assert!(
+                !headers.contains("s%3A"),
+                "no cookie value in the audit row"
+            );
+        }
+    }
+);
+
+on_both_backends!(auth_payload_is_the_fallback, |env: TestEnv| async move {
+    for transport in Transport::ALL {
+        let minted = env.mint("7").await;
+        for value in [minted.signed.clone(), minted.cookie_value.clone()] {
+            let opts = Options {
+                auth: Some(json!({"sessionId": value, "userId": "999"})),
+                ..Default::default()
+            };
+            let mut c = client::connect(&env.url(), transport, opts).await;
+            c.outcome().await.unwrap();
+            assert_eq!(
+                c.whoami().await["userId"],
+                "7",
+                "the client's userId is never trusted"
+            );
+            c.disconnect().await;
+        }
+    }
+});
+
+on_both_backends!(rotated_secret_still_verifies, |env: TestEnv| async move {
+    let minted = env.mint("5").await;
+    let old = format!(
+        "s:{}",
+        sockgate::signature::sign(&minted.sid, common::OLD_SECRET)
+    );
+    let mut c = client::connect(
+        &env.url(),
+        Transport::Websocket,
+        Options {
+            auth: Some(json!({"sessionId": old})),
+            ..Default::default()
+        },
+    )
+    .await;
+    c.outcome().await.unwrap();
+    c.disconnect().await;
+});
+
+on_both_backends!(
+    missing_session_id_is_authentication_required,
+    |env: TestEnv| async move {
+        for transport in Transport::ALL {
+            for opts in [
+                Options::default(),
+                Options {
+                    auth: Some(json!("not an object")),
+                    ..Default::default()
+                },
+                Options {
+                    auth: Some(json!({"userId": 1})),
+                    ..Default::default()
+                },
+                Options {
+                    cookie: Some("other=1".into()),
+                    ..Default::default()
+                },
+            ] {
+                let mut c = client::connect(&env.url(), transport, opts).await;
+                c.expect_refused("Authentication required").await;
+            }
+        }
+        let rows = env.audit_rows("socket.auth_failed", 8).await;
+        assert_eq!(rows.len(), 8);
+        assert!(rows.iter().all(|r| r.severity == "WARN"
+            && r.reason.as_deref() == Some("no session id in cookie or auth")));
+    }
+);
+
+on_both_backends!(
+    bad_signatures_are_invalid_session,
+    |env: TestEnv| async move {
+        let minted = env.mint("42").await;
+        let forged = format!(
+            "s:{}",
+            sockgate::signature::sign(&minted.sid, "attacker-secret")
+        );
+        let tampered = minted.cookie_value.replace("s%3A", "s%3Ax");
+        let values = [
+            forged.clone(),
+            tampered,
+            minted.sid.clone(),                // unsigned
+            "s%3A%zz%E0%A4%A".to_owned(),      // percent-encoding garbage
+            format!("s:{}", "A".repeat(5000)), // huge
+            "\"s%3A\"".to_owned(),
+        ];
+        for transport in Transport::ALL {
+            for value in &values {
+                let mut c = client::connect(&env.url(), transport, cookie(&env, value)).await;
+                c.expect_refused("Invalid session").await;
+            }
+            let mut c = client::connect(
+                &env.url(),
+                transport,
+                Options {
+                    auth: Some(json!({"sessionId": forged})),
+                    ..Default::default()
+                },
+            )
+            .await;
+            c.expect_refused("Invalid session").await;
+            let mut c = client::connect(
+                &env.url(),
+                transport,
+                Options {
+                    auth: Some(json!({"sessionId": 12345})),
+                    ..Default::default()
+                },
+            )
+            .await;
+            c.expect_refused("Invalid session").await;
+        }
+        let rows = env.audit_rows("socket.auth_failed", 16).await;
+        assert_eq!(rows.len(), 16);
+        for row in rows {
+            assert!(
+                row.reason
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("invalid session"),
+                "{:?}",
+                row.reason
+            );
+            let all = format!("{row:?}");
+            assert!(
+                !all.contains(common::SECRET) && !all.contains(&minted.sid),
+                "no secret or sid in audit: {all}"
+            );
+        }
+    }
+);
+
+on_both_backends!(
+    unknown_and_expired_sessions_are_session_expired,
+    |env: TestEnv| async move {
+        let expired = "expired-session-id";
+        env.write_session(
+            expired,
+            &json!({"cookie": {}, "passport": {"user": 3}}),
+            now_secs() - 5,
+        )
+        .await;
+        for transport in Transport::ALL {
+            for sid in ["no-such-session", expired] {
+                let mut c =
+                    client::connect(&env.url(), transport, cookie(&env, &env.cookie_value(sid)))
+                        .await;
+                c.expect_refused("Session expired").await;
+            }
+        }
+        let rows = env.audit_rows("socket.auth_failed", 4).await;
+        let reasons: Vec<_> = rows.iter().map(|r| r.reason.clone().unwrap()).collect();
+        assert_eq!(
+            reasons.iter().filter(|r| *r == "no such session").count(),
+            2,
+            "{reasons:?}"
+        );
+        assert_eq!(
+            reasons.iter().filter(|r| *r == "session expired").count(),
+            2,
+            "{reasons:?}"
+        );
+        assert!(
+            rows.iter()
+                .filter(|r| r.reason.as_deref() == Some("session expired"))
+                .all(|r| r.user_id.as_deref() == Some("3"))
+        );
+    }
+);
+
+on_both_backends!(
+    sessions_without_a_user_are_authentication_required,
+    |env: TestEnv| async move {
+        let cases = [
+            json!({"cookie": {}}),
+            json!({"cookie": {}, "passport": {}}),
+            json!({"cookie": {}, "passport": {"user": ""}}),
+            json!({"cookie": {}, "passport": {"user": null}}),
+        ];
+        for (i, sess) in cases.iter().enumerate() {
+            let sid = format!("anon-{i}");
+            env.write_session(&sid, sess, now_secs() + 600).await;
+            let mut c = client::connect(
+                &env.url(),
+                Transport::Polling,
+                cookie(&env, &env.cookie_value(&sid)),
+            )
+            .await;
+            c.expect_refused("Authentication required").await;
+        }
+        // Passport's own shapes, id 0 included, are logged in.
+        for (i, (user, expected)) in [
+            (json!(0), "0"),
+            (json!("u-1"), "u-1"),
+            (json!({"id": 9, "username": "n"}), "9"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let sid = format!("user-{i}");
+            env.write_session(
+                &sid,
+                &json!({"cookie": {}, "passport": {"user": user}}),
+                now_secs() + 600,
+            )
+            .await;
+            let mut c = client::connect(
+                &env.url(),
+                Transport::Websocket,
+                cookie(&env, &env.cookie_value(&sid)),
+            )
+            .await;
+            c.outcome().await.unwrap();
+            assert_eq!(c.whoami().await["userId"], expected);
+            c.disconnect().await;
+        }
+    }
+);
+
+on_both_backends!(
+    expiry_boundary_one_second_either_side,
+    |env: TestEnv| async move {
+        let now = now_secs();
+        env.write_session("just-live", &json!({"passport": {"user": 1}}), now + 3)
+            .await;
+        env.write_session("just-dead", &json!({"passport": {"user": 1}}), now - 1)
+            .await;
+        let mut c = client::connect(
+            &env.url(),
+            Transport::Websocket,
+            cookie(&env, &env.cookie_value("just-live")),
+        )
+        .await;
+        c.outcome().await.unwrap();
+        c.disconnect().await;
+        let mut c = client::connect(
+            &env.url(),
+            Transport::Websocket,
+            cookie(&env, &env.cookie_value("just-dead")),
+        )
+        .await;
+        c.expect_refused("Session expired").await;
+    }
+);
+
+/// The Node app writes `expire` in the database's default zone; sockgate
+/// must read it in that zone, whatever sqlx sets on its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_is_judged_in_the_database_default_time_zone() {
+    for zone in [
+        "America/Los_Angeles",
+        "Asia/Tokyo",
+        "Pacific/Kiritimati",
+        "UTC",
+    ] {
+        let Some(env) = TestEnv::start(Backend::Postgres(Some(zone))).await else {
+            return;
+        };
+        let now = now_secs();
+        env.write_session("live", &json!({"passport": {"user": 1}}), now + 2)
+            .await;
+        env.write_session("dead", &json!({"passport": {"user": 1}}), now - 2)
+            .await;
+        let mut c = client::connect(
+            &env.url(),
+            Transport::Polling,
+            cookie(&env, &env.cookie_value("live")),
+        )
+        .await;
+        c.outcome()
+            .await
+            .unwrap_or_else(|e| panic!("{zone}: a live session was refused: {e}"));
+        c.disconnect().await;
+        let mut c = client::connect(
+            &env.url(),
+            Transport::Polling,
+            cookie(&env, &env.cookie_value("dead")),
+        )
+        .await;
+        c.expect_refused("Session expired").await;
+        // And the row sockgate mints reads back the same way the Node app's does.
+        let minted = env.mint_for("2", Duration::from_secs(3)).await;
+        let mut c = client::connect(
+            &env.url(),
+            Transport::Polling,
+            cookie(&env, &minted.cookie_value),
+        )
+        .await;
+        c.outcome()
+            .await
+            .unwrap_or_else(|e| panic!("{zone}: minted session refused: {e}"));
+        c.disconnect().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_unreachable_fails_closed_and_recovers() {
+    let Some(env) = TestEnv::start(Backend::Postgres(None)).await else {
+        return;
+    };
+    let minted = env.mint("42").await;
+    // Make the database refuse connections, then drop the pool's existing ones.
+    let admin = common::pg::admin_url().unwrap();
+    let name = url::Url::parse(&env.db.url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    let mut admin_conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false"
+    )))
+    .execute(&mut admin_conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    )))
+    .execute(&mut admin_conn)
+    .await
+    .unwrap();
+
+    for transport in Transport::ALL {
+        let mut c =
+            client::connect(&env.url(), transport, cookie(&env, &minted.cookie_value)).await;
+        c.expect_refused("Service unavailable").await;
+    }
+    // The server is still up.
+    let health = reqwest::get(format!("{}/healthz", env.url()))
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS true"
+    )))
+    .execute(&mut admin_conn)
+    .await
+    .unwrap();
+    let mut recovered = false;
+    for _ in 0..50 {
+        let mut c = client::connect(
+            &env.url(),
+            Transport::Websocket,
+            cookie(&env, &minted.cookie_value),
+        )
+        .await;
+        if c.outcome().await.is_ok() {
+            recovered = true;
+            c.disconnect().await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "handshakes succeed again once the database is back"
+    );
+    // The refusals during the outage were audited once the store was back.
+    let rows = env.audit_rows("socket.auth_failed", 2).await;
+    assert!(
+        rows.iter()
+            .filter(|r| r.reason.as_deref().unwrap_or("").contains("unavailable"))
+            .count()
+            >= 2,
+        "{rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_unreachable_fails_closed() {
+    let env = TestEnv::start(Backend::Sqlite).await.unwrap();
+    let minted = env.mint("42").await;
+    env.conn().get_sqlite_connection_pool().close().await;
+    let mut c = client::connect(
+        &env.url(),
+        Transport::Polling,
+        cookie(&env, &minted.cookie_value),
+    )
+    .await;
+    c.expect_refused("Service unavailable").await;
+}
