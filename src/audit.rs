@@ -37,6 +37,10 @@ impl Severity {
 pub mod action {
     pub const AUTHENTICATED: &str = "socket.authenticated";
     pub const AUTH_FAILED: &str = "socket.auth_failed";
+    pub const SESSION_EXPIRED: &str = "socket.session_expired";
+    pub const SESSION_REFRESHED: &str = "session.refreshed";
+    pub const DISCONNECTED: &str = "socket.disconnected";
+    pub const SOCKET_ERROR: &str = "socket.error";
 }
 
 #[derive(Debug, Clone)]

@@ -83,6 +83,14 @@ pub struct Config {
     #[arg(long, env = "AUDIT_BUFFER", default_value_t = 10_000, global = true)]
     pub audit_buffer: usize,
 
+    /// How often every live socket's session is re-checked (e.g. `5m`, `30s`).
+    #[arg(long, env = "SESSION_CHECK_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub session_check_interval: Duration,
+
+    /// Sessions this close to expiry with a connected socket are extended.
+    #[arg(long, env = "SESSION_REFRESH_WINDOW", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
+    pub session_refresh_window: Duration,
+
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 }

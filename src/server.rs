@@ -18,8 +18,10 @@ use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::db::{self, Database};
+use crate::registry::Registry;
 use crate::session::{self, UserId};
 use crate::session_store::SessionStore;
+use crate::watcher::Watcher;
 
 /// The development user a fresh SQLite database starts with.
 pub const DEV_USER_ID: &str = "1";
@@ -32,6 +34,8 @@ pub struct AppState {
     pub db: sea_orm::DatabaseConnection,
     pub auth: Authenticator,
     pub audit: AuditLog,
+    pub registry: Registry,
+    pub watcher: Watcher,
 }
 
 /// Connects, prepares the database and starts the audit writer.
@@ -65,11 +69,24 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         cookie_name: config.cookie_name.clone(),
     };
     let audit = AuditLog::spawn(db.conn.clone(), config.audit_buffer);
+    let registry = Registry::default();
+    let watcher = Watcher {
+        registry: registry.clone(),
+        store: auth.store.clone(),
+        audit: audit.clone(),
+        interval: config.session_check_interval,
+        refresh_window: config.session_refresh_window,
+        default_ttl: config.session_ttl(),
+        wake: Default::default(),
+        stats: Default::default(),
+    };
     Ok(AppState {
         config: Arc::new(config),
         db: db.conn,
         auth,
         audit,
+        registry,
+        watcher,
     })
 }
 
@@ -198,16 +215,19 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<RunningServer> {
     let local_addr = listener.local_addr()?;
     let app = crate::http::router(state.clone());
+    let watcher = tokio::spawn(state.watcher.clone().run());
     let (tx, rx) = oneshot::channel::<()>();
     let join = tokio::spawn(async move {
-        axum::serve(
+        let result = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async {
             let _ = rx.await;
         })
-        .await
+        .await;
+        watcher.abort();
+        result
     });
     announce(&state, local_addr);
     Ok(RunningServer {

@@ -103,6 +103,72 @@ pub fn extend(sess: &Value, now: DateTime<Utc>, default_ttl: Duration) -> (i64, 
     (ceil_unix_seconds(expires), sess)
 }
 
+/// What the periodic re-check decides for one session with live sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// End its sockets with `session_expired`.
+    End(EndReason),
+    /// Live but within the refresh window: extend it.
+    Refresh,
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The row is gone (logout, regenerate, prune).
+    Deleted,
+    /// `expire` has passed.
+    Expired,
+    /// The session no longer names the socket's user (passport logout or
+    /// another login on the same session).
+    LoggedOut,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Deleted => "deleted",
+            EndReason::Expired => "expired",
+            EndReason::LoggedOut => "logged_out",
+        }
+    }
+}
+
+/// The re-check rule: `stored` is the session's `expire` and user, `None`
+/// when the row is gone.
+pub fn verdict(
+    stored: Option<(DateTime<Utc>, Option<&UserId>)>,
+    socket_user: &UserId,
+    now: DateTime<Utc>,
+    refresh_window: Duration,
+) -> Verdict {
+    let Some((expire, user)) = stored else {
+        return Verdict::End(EndReason::Deleted);
+    };
+    if !is_live(expire, now) {
+        return Verdict::End(EndReason::Expired);
+    }
+    if user != Some(socket_user) {
+        return Verdict::End(EndReason::LoggedOut);
+    }
+    let window = chrono::Duration::from_std(refresh_window).unwrap_or(chrono::Duration::MAX);
+    if expire - now <= window {
+        Verdict::Refresh
+    } else {
+        Verdict::Keep
+    }
+}
+
+/// The new `expire` (whole seconds, connect-pg-simple's
+/// `ceil(now / 1000 + ttl)`) and the `cookie.expires` text that matches it.
+pub fn extension(now: DateTime<Utc>, ttl: Duration) -> (i64, String) {
+    let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1));
+    (
+        ceil_unix_seconds(expires),
+        expires.to_rfc3339_opts(SecondsFormat::Millis, true),
+    )
+}
+
 /// The session JSON express-session + passport store for a fresh login.
 pub fn new_session_json(user: &UserId, now: DateTime<Utc>, ttl: Duration) -> (i64, Value) {
     let user_value = user
@@ -187,7 +253,67 @@ mod tests {
         assert_eq!(expire, 1_700_000_011);
     }
 
+    #[test]
+    fn verdicts() {
+        let u = UserId::new("1");
+        let other = UserId::new("2");
+        let now = Utc.timestamp_opt(1_000_000, 0).unwrap();
+        let w = Duration::from_secs(300);
+        let at = |s: i64| now + chrono::Duration::seconds(s);
+        assert_eq!(verdict(None, &u, now, w), Verdict::End(EndReason::Deleted));
+        assert_eq!(
+            verdict(Some((at(-1), Some(&u))), &u, now, w),
+            Verdict::End(EndReason::Expired)
+        );
+        assert_eq!(
+            verdict(Some((at(1000), None)), &u, now, w),
+            Verdict::End(EndReason::LoggedOut)
+        );
+        assert_eq!(
+            verdict(Some((at(1000), Some(&other))), &u, now, w),
+            Verdict::End(EndReason::LoggedOut)
+        );
+        assert_eq!(
+            verdict(Some((at(0), Some(&u))), &u, now, w),
+            Verdict::Refresh
+        );
+        assert_eq!(
+            verdict(Some((at(300), Some(&u))), &u, now, w),
+            Verdict::Refresh
+        );
+        assert_eq!(
+            verdict(Some((at(301), Some(&u))), &u, now, w),
+            Verdict::Keep
+        );
+    }
+
     proptest! {
+        #[test]
+        fn verdict_at_the_boundaries(now_ms in 0i64..4_000_000_000_000, offset_ms in -5_000i64..5_000, window_s in 0u64..1_000) {
+            let u = UserId::new("1");
+            let now = Utc.timestamp_millis_opt(now_ms).unwrap();
+            let window = Duration::from_secs(window_s);
+            // Around expiry: expired exactly when connect-pg-simple would say so.
+            let expire = now + chrono::Duration::milliseconds(offset_ms);
+            let v = verdict(Some((expire, Some(&u))), &u, now, window);
+            prop_assert_eq!(v == Verdict::End(EndReason::Expired), !is_live(expire, now));
+            // Around the refresh window's edge: one second either side.
+            let edge = now + chrono::Duration::seconds(window_s as i64);
+            let inside = edge - chrono::Duration::seconds(1);
+            let outside = edge + chrono::Duration::seconds(1);
+            if is_live(inside, now) {
+                prop_assert_eq!(verdict(Some((inside, Some(&u))), &u, now, window), Verdict::Refresh);
+            }
+            prop_assert_eq!(verdict(Some((edge, Some(&u))), &u, now, window), if is_live(edge, now) { Verdict::Refresh } else { Verdict::End(EndReason::Expired) });
+            prop_assert_eq!(verdict(Some((outside, Some(&u))), &u, now, window), Verdict::Keep);
+            // An extension always leaves the session live and out of the window it was in.
+            let (secs, iso) = extension(now, Duration::from_secs(window_s + 1));
+            let extended = Utc.timestamp_opt(secs, 0).unwrap();
+            prop_assert!(is_live(extended, now));
+            prop_assert_eq!(verdict(Some((extended, Some(&u))), &u, now, window), Verdict::Keep);
+            prop_assert!(iso.ends_with('Z'));
+        }
+
         #[test]
         fn live_iff_expire_not_before_ceiled_now(expire_s in 0i64..4_000_000_000, expire_us in 0i64..1_000_000, now_ms in 0i64..4_000_000_000_000) {
             let expire = Utc.timestamp_micros(expire_s * 1_000_000 + expire_us).unwrap();

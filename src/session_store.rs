@@ -150,3 +150,178 @@ fn sqlite_expire(expire_secs: i64) -> NaiveDateTime {
         .unwrap_or_default()
         .naive_utc()
 }
+
+/// What the watcher needs of one live session: no more than this crosses
+/// the wire per socket per tick.
+#[derive(Debug, Clone)]
+pub struct SessionCheck {
+    pub sid: String,
+    pub expire_at: DateTime<Utc>,
+    /// `sess.passport.user` as stored, if any.
+    pub user: Option<crate::session::UserId>,
+    /// `sess.cookie.originalMaxAge` in ms, if any.
+    pub original_max_age_ms: Option<f64>,
+}
+
+/// A session to extend: the new `expire` (whole seconds) and the matching
+/// `cookie.expires` text.
+#[derive(Debug, Clone)]
+pub struct Extension {
+    pub sid: String,
+    pub expire_secs: i64,
+    pub cookie_expires: String,
+}
+
+/// PostgreSQL takes one array parameter per query; this many sessions per
+/// query keeps a tick at one query per thousand sockets.
+pub const PG_CHECK_CHUNK: usize = 1000;
+/// SQLite's default limit on bound parameters is far above this, and
+/// shorter statements prepare faster.
+pub const SQLITE_CHECK_CHUNK: usize = 500;
+
+impl SessionStore {
+    pub fn check_chunk(&self) -> usize {
+        match self.backend() {
+            DbBackend::Postgres => PG_CHECK_CHUNK,
+            _ => SQLITE_CHECK_CHUNK,
+        }
+    }
+
+    /// One query for up to [`Self::check_chunk`] sessions; rows missing from
+    /// the answer were deleted.
+    pub async fn check_many(&self, sids: &[String]) -> Result<Vec<SessionCheck>, StoreError> {
+        if sids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stmt = match self.backend() {
+            DbBackend::Postgres => Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                format!(
+                    "SELECT sid, expire::timestamptz AS expire_at, \
+                            (sess::json -> 'passport' -> 'user')::text AS user_json, \
+                            (sess::json -> 'cookie' -> 'originalMaxAge')::text AS max_age \
+                     FROM {} WHERE sid = ANY($1)",
+                    self.table
+                ),
+                [Value::Array(
+                    sea_orm::sea_query::ArrayType::String,
+                    Some(Box::new(
+                        sids.iter().map(|s| Value::from(s.as_str())).collect(),
+                    )),
+                )],
+            ),
+            _ => Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                format!(
+                    "SELECT sid, expire AS expire_at, \
+                            sess -> '$.passport.user' AS user_json, \
+                            sess -> '$.cookie.originalMaxAge' AS max_age \
+                     FROM {} WHERE sid IN ({})",
+                    self.table,
+                    vec!["?"; sids.len()].join(", ")
+                ),
+                sids.iter().map(|s| Value::from(s.as_str())),
+            ),
+        };
+        let rows = self.db.query_all_raw(stmt).await?;
+        rows.iter()
+            .map(|row| {
+                let expire_at = match self.backend() {
+                    DbBackend::Postgres => row.try_get::<DateTime<Utc>>("", "expire_at")?,
+                    _ => Utc.from_utc_datetime(&row.try_get::<NaiveDateTime>("", "expire_at")?),
+                };
+                let user_json: Option<String> = row.try_get("", "user_json")?;
+                let max_age: Option<String> = row.try_get("", "max_age")?;
+                let user = user_json
+                    .and_then(|text| serde_json::from_str::<Json>(&text).ok())
+                    .and_then(|user| {
+                        crate::session::passport_user(
+                            &serde_json::json!({"passport": {"user": user}}),
+                        )
+                    });
+                Ok(SessionCheck {
+                    sid: row.try_get("", "sid")?,
+                    expire_at,
+                    user,
+                    original_max_age_ms: max_age.and_then(|t| t.parse::<f64>().ok()),
+                })
+            })
+            .collect()
+    }
+
+    /// connect-pg-simple's `touch` for many sessions in one statement:
+    /// `expire` only ever moves forward, and `sess.cookie.expires` is set to
+    /// match in SQL, so a concurrent write of other session fields by the
+    /// Node app is not lost. A session cookie without an expiry (a browser
+    /// session cookie) keeps none.
+    pub async fn extend_many(&self, items: &[Extension]) -> Result<u64, StoreError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        match self.backend() {
+            DbBackend::Postgres => {
+                let array = |ty, values: Vec<Value>| Value::Array(ty, Some(Box::new(values)));
+                use sea_orm::sea_query::ArrayType;
+                let stmt = Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    format!(
+                        "UPDATE {t} AS s SET \
+                           expire = to_timestamp(v.exp), \
+                           sess = CASE WHEN jsonb_typeof(s.sess::jsonb #> '{{cookie,expires}}') = 'string' \
+                                       THEN jsonb_set(s.sess::jsonb, '{{cookie,expires}}', to_jsonb(v.iso))::json \
+                                       ELSE s.sess::json END \
+                         FROM unnest($1::text[], $2::float8[], $3::text[]) AS v(sid, exp, iso) \
+                         WHERE s.sid = v.sid AND s.expire < to_timestamp(v.exp)",
+                        t = self.table
+                    ),
+                    [
+                        array(
+                            ArrayType::String,
+                            items.iter().map(|i| Value::from(i.sid.as_str())).collect(),
+                        ),
+                        array(
+                            ArrayType::Double,
+                            items
+                                .iter()
+                                .map(|i| Value::from(i.expire_secs as f64))
+                                .collect(),
+                        ),
+                        array(
+                            ArrayType::String,
+                            items
+                                .iter()
+                                .map(|i| Value::from(i.cookie_expires.as_str()))
+                                .collect(),
+                        ),
+                    ],
+                );
+                Ok(self.db.execute_raw(stmt).await?.rows_affected())
+            }
+            _ => {
+                let sql = format!(
+                    "UPDATE {t} SET expire = ?, \
+                       sess = CASE WHEN json_type(sess, '$.cookie.expires') = 'text' \
+                                   THEN json_set(sess, '$.cookie.expires', ?) ELSE sess END \
+                     WHERE sid = ? AND expire < ?",
+                    t = self.table
+                );
+                let mut updated = 0;
+                for item in items {
+                    let expire = sqlite_expire(item.expire_secs);
+                    let stmt = Statement::from_sql_and_values(
+                        DbBackend::Sqlite,
+                        sql.clone(),
+                        [
+                            Value::from(expire),
+                            Value::from(item.cookie_expires.as_str()),
+                            Value::from(item.sid.as_str()),
+                            Value::from(expire),
+                        ],
+                    );
+                    updated += self.db.execute_raw(stmt).await?.rows_affected();
+                }
+                Ok(updated)
+            }
+        }
+    }
+}

@@ -3,12 +3,16 @@
 //! are made in `auth`, records in `audit`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
 use chrono::Utc;
 use serde::Serialize;
 use serde_json::Value as Json;
 use socketioxide::SocketIo;
+use socketioxide::{SendError, SocketError};
+
+use crate::registry::CloseError;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
@@ -122,7 +126,50 @@ async fn authenticate(
     }
 }
 
-async fn on_connect(s: SocketRef) {
+impl crate::registry::SocketHandle for SocketRef {
+    fn id(&self) -> String {
+        self.id.to_string()
+    }
+
+    fn notify(&self, event: &str, data: &Json) -> Result<(), CloseError> {
+        match self.emit(event, data) {
+            Ok(()) => Ok(()),
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => Err(CloseError::BufferFull),
+            Err(SendError::Socket(SocketError::Closed)) => Err(CloseError::Closed),
+            Err(SendError::Serialize(e)) => {
+                tracing::error!(socket = %self.id, error = %e, event, "could not encode a notice");
+                Ok(())
+            }
+        }
+    }
+
+    fn connected(&self) -> bool {
+        std::ops::Deref::deref(self).connected()
+    }
+
+    fn close(&self) -> Result<(), CloseError> {
+        match self.clone().disconnect() {
+            Ok(()) => Ok(()),
+            Err(SocketError::InternalChannelFull) => Err(CloseError::BufferFull),
+            Err(SocketError::Closed) => Err(CloseError::Closed),
+        }
+    }
+}
+
+/// Disconnect reasons that are errors rather than an ordinary goodbye.
+/// socketioxide has no per-socket error callback: transport and protocol
+/// errors end the socket and surface here.
+fn is_error(reason: DisconnectReason) -> bool {
+    matches!(
+        reason,
+        DisconnectReason::TransportError
+            | DisconnectReason::PacketParsingError
+            | DisconnectReason::MultipleHttpPollingError
+            | DisconnectReason::HeartbeatTimeout
+    )
+}
+
+async fn on_connect(s: SocketRef, State(state): State<AppState>) {
     let Some(session) = s.extensions.get::<SocketSession>() else {
         // Unreachable: the middleware inserts it before any handler runs.
         tracing::error!(socket = %s.id, "socket without a session reached the handler");
@@ -130,6 +177,9 @@ async fn on_connect(s: SocketRef) {
         return;
     };
     s.join(session.user_id.room());
+    state
+        .registry
+        .add(&session.sid, &session.user_id, Arc::new(s.clone()));
 
     s.on("whoami", async |s: SocketRef, ack: AckSender| {
         if let Some(session) = s.extensions.get::<SocketSession>() {
@@ -138,14 +188,31 @@ async fn on_connect(s: SocketRef) {
                 session_id: &session.sid,
                 authenticated: session.authenticated,
             };
-            let _ = s.emit("whoami", &me);
+            if let Err(e) = s.emit("whoami", &me) {
+                tracing::warn!(socket = %s.id, error = %e, "socket error: could not answer whoami");
+            }
             let _ = ack.send(&me);
         }
     });
 
-    s.on_disconnect(async |s: SocketRef, reason: DisconnectReason| {
-        if let Some(session) = s.extensions.get::<SocketSession>() {
-            tracing::info!(socket = %s.id, user = %session.user_id, session = %session::fingerprint(&session.sid), %reason, "socket disconnected");
-        }
-    });
+    s.on_disconnect(
+        async |s: SocketRef, reason: DisconnectReason, State(state): State<AppState>| {
+            let Some(session) = s.extensions.get::<SocketSession>() else {
+                return;
+            };
+            state.registry.remove(&session.sid, &s.id.to_string());
+            let fingerprint = session::fingerprint(&session.sid);
+            if is_error(reason) {
+                tracing::warn!(socket = %s.id, user = %session.user_id, session = %fingerprint, error = %reason, "socket error");
+            }
+            tracing::info!(socket = %s.id, user = %session.user_id, session = %fingerprint, %reason, "socket disconnected");
+            let mut event = AuditEvent::new(audit::action::DISCONNECTED, Severity::Info);
+            event.socket_id = Some(s.id.to_string());
+            event.user_id = Some(session.user_id.to_string());
+            event.session_ref = Some(fingerprint);
+            event.reason = Some(reason.to_string());
+            event.client_ip = client_ip(&s);
+            state.audit.record(event);
+        },
+    );
 }

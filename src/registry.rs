@@ -1,0 +1,203 @@
+//! The live sockets of this node, by session: what the watcher re-checks and
+//! what revocation ends. Each node knows only its own sockets; cross-node
+//! operations go through Socket.IO rooms.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use crate::session::UserId;
+
+/// A socket the registry can tell something and then close, whatever the
+/// adapter type behind it. Both go through the socket's own ordered channel,
+/// so a notice queued before the close reaches the client first.
+pub trait SocketHandle: Send + Sync + 'static {
+    fn id(&self) -> String;
+    fn notify(&self, event: &str, data: &Json) -> Result<(), CloseError>;
+    fn close(&self) -> Result<(), CloseError>;
+    fn connected(&self) -> bool;
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CloseError {
+    /// The socket's send buffer is full; try again once it drains.
+    #[error("socket buffer full")]
+    BufferFull,
+    /// Already gone.
+    #[error("socket already closed")]
+    Closed,
+}
+
+struct Entry {
+    user_id: UserId,
+    sockets: Vec<Arc<dyn SocketHandle>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_sid: HashMap<String, Entry>,
+    /// sha256(sid) hex → sid, for revocation notices that carry no sid.
+    by_digest: HashMap<String, String>,
+}
+
+#[derive(Default, Clone)]
+pub struct Registry {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// The full SHA-256 hex digest of a session id, as the revocation trigger
+/// computes it in SQL.
+pub fn sid_digest(sid: &str) -> String {
+    Sha256::digest(sid.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A session with live sockets on this node.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    pub sid: String,
+    pub user_id: UserId,
+    pub sockets: usize,
+}
+
+impl Registry {
+    pub fn add(&self, sid: &str, user_id: &UserId, socket: Arc<dyn SocketHandle>) {
+        let mut inner = self.inner.lock().unwrap();
+        if !inner.by_sid.contains_key(sid) {
+            inner.by_digest.insert(sid_digest(sid), sid.to_owned());
+        }
+        inner
+            .by_sid
+            .entry(sid.to_owned())
+            .or_insert_with(|| Entry {
+                user_id: user_id.clone(),
+                sockets: Vec::with_capacity(1),
+            })
+            .sockets
+            .push(socket);
+    }
+
+    pub fn remove(&self, sid: &str, socket_id: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        let Some(entry) = inner.by_sid.get_mut(sid) else {
+            return;
+        };
+        entry.sockets.retain(|s| s.id() != socket_id);
+        if entry.sockets.is_empty() {
+            inner.by_sid.remove(sid);
+            inner.by_digest.remove(&sid_digest(sid));
+        }
+    }
+
+    /// The sessions with a live socket on this node. Sockets that closed
+    /// without reaching their disconnect handler (closed during the
+    /// handshake) are forgotten here.
+    pub fn sessions(&self) -> Vec<LiveSession> {
+        let mut inner = self.inner.lock().unwrap();
+        let mut gone = Vec::new();
+        for (sid, entry) in inner.by_sid.iter_mut() {
+            entry.sockets.retain(|s| s.connected());
+            if entry.sockets.is_empty() {
+                gone.push(sid.clone());
+            }
+        }
+        for sid in gone {
+            inner.by_sid.remove(&sid);
+            inner.by_digest.remove(&sid_digest(&sid));
+        }
+        inner
+            .by_sid
+            .iter()
+            .map(|(sid, e)| LiveSession {
+                sid: sid.clone(),
+                user_id: e.user_id.clone(),
+                sockets: e.sockets.len(),
+            })
+            .collect()
+    }
+
+    pub fn socket_count(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap()
+            .by_sid
+            .values()
+            .map(|e| e.sockets.len())
+            .sum()
+    }
+
+    pub fn sessions_user(&self, sid: &str) -> Option<UserId> {
+        self.inner
+            .lock()
+            .unwrap()
+            .by_sid
+            .get(sid)
+            .map(|e| e.user_id.clone())
+    }
+
+    pub fn sid_for_digest(&self, digest: &str) -> Option<String> {
+        self.inner.lock().unwrap().by_digest.get(digest).cloned()
+    }
+
+    /// The sockets of a session (removed from the registry by their own
+    /// disconnect handlers once closed).
+    pub fn sockets_of(&self, sid: &str) -> Vec<Arc<dyn SocketHandle>> {
+        self.inner
+            .lock()
+            .unwrap()
+            .by_sid
+            .get(sid)
+            .map(|e| e.sockets.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Tells every socket `event`, then closes it. A socket whose buffer is
+/// full is retried in the background, phase by phase (the notice is never
+/// sent twice), until it drains or its heartbeat ends it. Returns how many
+/// were closed at once.
+pub fn notify_and_disconnect_all(
+    sockets: Vec<Arc<dyn SocketHandle>>,
+    event: &'static str,
+    data: Json,
+) -> usize {
+    let mut closed = 0;
+    for socket in sockets {
+        let notified = match socket.notify(event, &data) {
+            Ok(()) => true,
+            Err(CloseError::Closed) => continue,
+            Err(CloseError::BufferFull) => false,
+        };
+        if notified && socket.close() == Ok(()) {
+            closed += 1;
+            continue;
+        }
+        let data = data.clone();
+        tokio::spawn(async move {
+            let mut notified = notified;
+            let mut delay = Duration::from_millis(20);
+            for _ in 0..60 {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+                if !notified {
+                    match socket.notify(event, &data) {
+                        Ok(()) => notified = true,
+                        Err(CloseError::Closed) => return,
+                        Err(CloseError::BufferFull) => continue,
+                    }
+                }
+                match socket.close() {
+                    Ok(()) | Err(CloseError::Closed) => return,
+                    Err(CloseError::BufferFull) => {}
+                }
+            }
+            tracing::error!(socket = %socket.id(), event, "could not close a socket whose buffer stays full");
+        });
+    }
+    closed
+}

@@ -1,0 +1,174 @@
+//! Keeps every live socket's session honest: one task per node re-checks all
+//! of this node's sessions on an interval, in batched queries, ends the
+//! sockets of sessions that are gone or expired (`session_expired` first) and
+//! extends sessions close to expiry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::audit::{self, AuditEvent, AuditLog, Severity};
+use crate::registry::{self, Registry};
+use crate::session::{self, EndReason, Verdict};
+use crate::session_store::{Extension, SessionStore, StoreError};
+
+pub const SESSION_EXPIRED_EVENT: &str = "session_expired";
+
+#[derive(Clone)]
+pub struct Watcher {
+    pub registry: Registry,
+    pub store: SessionStore,
+    pub audit: AuditLog,
+    pub interval: Duration,
+    pub refresh_window: Duration,
+    pub default_ttl: Duration,
+    /// Wakes the watcher for an immediate tick (e.g. after the revocation
+    /// listener reconnects and may have missed notices).
+    pub wake: Arc<Notify>,
+    pub stats: Arc<WatcherStats>,
+}
+
+#[derive(Default)]
+pub struct WatcherStats {
+    pub ticks: AtomicU64,
+    pub failed_ticks: AtomicU64,
+    pub queries: AtomicU64,
+}
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TickReport {
+    pub sessions: usize,
+    pub queries: usize,
+    pub ended_sessions: usize,
+    pub ended_sockets: usize,
+    pub refreshed: usize,
+    /// Time spent waiting on the database.
+    pub db_time: Duration,
+}
+
+/// `session_expired`'s payload: why, in words a user can be shown.
+pub fn expired_payload(reason: EndReason) -> serde_json::Value {
+    json!({ "reason": reason.as_str(), "message": "Your session has expired. Please log in again." })
+}
+
+impl Watcher {
+    /// Runs until the process ends. The first tick comes after a random
+    /// fraction of the interval and each later one after the interval ±10%,
+    /// so nodes started together do not query in step.
+    pub async fn run(self) {
+        let first = self.interval.mul_f64(rand::rng().random_range(0.0..1.0));
+        let mut next = first;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(next) => {}
+                _ = self.wake.notified() => {}
+            }
+            match self.tick(Utc::now()).await {
+                Ok(report) if report.sessions > 0 => tracing::debug!(?report, "session re-check"),
+                Ok(_) => {}
+                Err(err) => {
+                    // Fail safe, not closed: a database blip must not end every
+                    // live socket; the next tick checks again.
+                    self.stats.failed_ticks.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %err, "session re-check failed; sockets kept until the next check");
+                }
+            }
+            next = self.interval.mul_f64(rand::rng().random_range(0.9..1.1));
+        }
+    }
+
+    /// One re-check of every session with a socket on this node.
+    pub async fn tick(&self, now: DateTime<Utc>) -> Result<TickReport, StoreError> {
+        self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+        let live = self.registry.sessions();
+        let mut report = TickReport {
+            sessions: live.len(),
+            ..Default::default()
+        };
+        let sids: Vec<String> = live.iter().map(|s| s.sid.clone()).collect();
+        let mut found = HashMap::with_capacity(sids.len());
+        for chunk in sids.chunks(self.store.check_chunk()) {
+            let started = Instant::now();
+            let rows = self.store.check_many(chunk).await?;
+            report.db_time += started.elapsed();
+            report.queries += 1;
+            self.stats.queries.fetch_add(1, Ordering::Relaxed);
+            for row in rows {
+                found.insert(row.sid.clone(), row);
+            }
+        }
+        let mut extensions = Vec::new();
+        for live in &live {
+            let row = found.get(&live.sid);
+            let stored = row.map(|r| (r.expire_at, r.user.as_ref()));
+            match session::verdict(stored, &live.user_id, now, self.refresh_window) {
+                Verdict::Keep => {}
+                Verdict::Refresh => {
+                    let ttl = row
+                        .and_then(|r| r.original_max_age_ms)
+                        .filter(|ms| ms.is_finite() && *ms > 0.0)
+                        .map_or(self.default_ttl, |ms| Duration::from_millis(ms as u64));
+                    let (expire_secs, cookie_expires) = session::extension(now, ttl);
+                    extensions.push(Extension {
+                        sid: live.sid.clone(),
+                        expire_secs,
+                        cookie_expires,
+                    });
+                }
+                Verdict::End(reason) => {
+                    report.ended_sessions += 1;
+                    report.ended_sockets += self.end_session(&live.sid, reason);
+                }
+            }
+        }
+        if !extensions.is_empty() {
+            let started = Instant::now();
+            let result = self.store.extend_many(&extensions).await;
+            report.db_time += started.elapsed();
+            report.queries += 1;
+            self.stats.queries.fetch_add(1, Ordering::Relaxed);
+            result?;
+            report.refreshed = extensions.len();
+            for ext in &extensions {
+                let mut event = AuditEvent::new(audit::action::SESSION_REFRESHED, Severity::Info);
+                event.session_ref = Some(session::fingerprint(&ext.sid));
+                event.details = Some(json!({ "expires": ext.cookie_expires }));
+                if let Some(live) = live.iter().find(|l| l.sid == ext.sid) {
+                    event.user_id = Some(live.user_id.to_string());
+                }
+                self.audit.record(event);
+                tracing::info!(session = %session::fingerprint(&ext.sid), expires = %ext.cookie_expires, "session extended");
+            }
+        }
+        Ok(report)
+    }
+
+    /// Ends every socket of a session on this node: `session_expired`, then
+    /// the close. Returns how many sockets were told.
+    pub fn end_session(&self, sid: &str, reason: EndReason) -> usize {
+        let sockets = self.registry.sockets_of(sid);
+        let count = sockets.len();
+        for socket in &sockets {
+            let mut event = AuditEvent::new(audit::action::SESSION_EXPIRED, Severity::Info);
+            event.socket_id = Some(socket.id());
+            event.session_ref = Some(session::fingerprint(sid));
+            event.reason = Some(reason.as_str().to_owned());
+            event.user_id = self.registry.sessions_user(sid).map(|u| u.to_string());
+            self.audit.record(event);
+        }
+        tracing::info!(session = %session::fingerprint(sid), reason = reason.as_str(), sockets = count, "session ended: disconnecting its sockets");
+        registry::notify_and_disconnect_all(
+            sockets,
+            SESSION_EXPIRED_EVENT,
+            expired_payload(reason),
+        );
+        count
+    }
+}
