@@ -26,7 +26,16 @@ pub enum Command {
     /// Run the server (the default).
     Serve,
     /// Create or update sockgate's own tables (never the session table).
-    Migrate,
+    Migrate {
+        /// Also install the trigger that NOTIFYs when a session row is
+        /// deleted (instant revocation; PostgreSQL only). This is the one
+        /// change sockgate makes to the Node app's session table.
+        #[arg(long)]
+        revocation_trigger: bool,
+        /// Remove that trigger again.
+        #[arg(long, conflicts_with = "revocation_trigger")]
+        remove_revocation_trigger: bool,
+    },
     /// Session helpers for development and tests.
     Session {
         #[command(subcommand)]
@@ -56,9 +65,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let running = server::spawn(config).await?;
             running.wait_for_ctrl_c().await
         }
-        Command::Migrate => {
+        Command::Migrate {
+            revocation_trigger,
+            remove_revocation_trigger,
+        } => {
             let db = crate::db::connect(&config).await?;
             crate::db::migrate(&db).await?;
+            let (schema, table) = (
+                config.session_schema.as_deref(),
+                config.session_table.as_str(),
+            );
+            if revocation_trigger {
+                crate::revocation::install_trigger(&db.conn, schema, table).await?;
+                println!("revocation trigger installed on the session table");
+            }
+            if remove_revocation_trigger {
+                crate::revocation::remove_trigger(&db.conn, schema, table).await?;
+                println!("revocation trigger removed");
+            }
             if config.is_sqlite() {
                 server::prepare_dev_database(&config, &db).await?;
             } else {

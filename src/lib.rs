@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod registry;
+pub mod revocation;
 pub mod server;
 pub mod session;
 pub mod session_id;

@@ -216,6 +216,13 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
     let local_addr = listener.local_addr()?;
     let app = crate::http::router(state.clone());
     let watcher = tokio::spawn(state.watcher.clone().run());
+    let revocations =
+        (state.db.get_database_backend() == sea_orm::DbBackend::Postgres).then(|| {
+            tokio::spawn(crate::revocation::listen(
+                state.db.clone(),
+                state.watcher.clone(),
+            ))
+        });
     let (tx, rx) = oneshot::channel::<()>();
     let join = tokio::spawn(async move {
         let result = axum::serve(
@@ -227,6 +234,9 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
         })
         .await;
         watcher.abort();
+        if let Some(task) = revocations {
+            task.abort();
+        }
         result
     });
     announce(&state, local_addr);
