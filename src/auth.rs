@@ -44,6 +44,19 @@ impl AuthError {
         }
     }
 
+    /// The outcome label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            AuthError::NoSessionId => "no_session_id",
+            AuthError::InvalidSession(_) => "invalid_session",
+            AuthError::UnknownSession => "unknown_session",
+            AuthError::ExpiredSession { .. } => "expired_session",
+            AuthError::NotLoggedIn => "not_logged_in",
+            AuthError::GuestLocked { .. } => "guest_locked",
+            AuthError::StoreUnavailable(_) => "store_unavailable",
+        }
+    }
+
     /// The user, when the session named one.
     pub fn user(&self) -> Option<&UserId> {
         match self {

@@ -1,6 +1,10 @@
 //! HTTP routes around the Socket.IO layer.
 
 use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::server::AppState;
@@ -9,6 +13,36 @@ pub fn router(state: AppState) -> Router {
     let (socket_layer, _io) = crate::socket::layer(state.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(socket_layer)
         .with_state(state)
+}
+
+/// Ready when the session database answers.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.db.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: session database unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session database unreachable",
+            )
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let m = &state.metrics;
+    m.audit_buffer_depth.set(state.audit.depth() as i64);
+    m.audit_dropped.set(state.audit.dropped() as i64);
+    m.audit_written.set(state.audit.written() as i64);
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
 }

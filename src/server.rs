@@ -18,6 +18,7 @@ use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::db::{self, Database};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::session::{self, UserId};
 use crate::session_store::SessionStore;
@@ -36,6 +37,7 @@ pub struct AppState {
     pub audit: AuditLog,
     pub registry: Registry,
     pub watcher: Watcher,
+    pub metrics: Metrics,
 }
 
 /// Connects, prepares the database and starts the audit writer.
@@ -70,6 +72,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     };
     let audit = AuditLog::spawn(db.conn.clone(), config.audit_buffer);
     let registry = Registry::default();
+    let metrics = Metrics::new();
     let watcher = Watcher {
         registry: registry.clone(),
         store: auth.store.clone(),
@@ -78,7 +81,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         refresh_window: config.session_refresh_window,
         default_ttl: config.session_ttl(),
         wake: Default::default(),
-        stats: Default::default(),
+        metrics: metrics.clone(),
     };
     Ok(AppState {
         config: Arc::new(config),
@@ -87,6 +90,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         audit,
         registry,
         watcher,
+        metrics,
     })
 }
 

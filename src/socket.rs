@@ -98,6 +98,7 @@ async fn authenticate(
             event.user_id = Some(ok.user_id.to_string());
             event.session_ref = Some(session::fingerprint(&ok.sid));
             state.audit.record(event);
+            state.metrics.handshake("authenticated");
             tracing::info!(socket = %s.id, user = %ok.user_id, session = %session::fingerprint(&ok.sid), source = ok.source.as_str(), "socket authenticated");
             s.extensions.insert(SocketSession {
                 user_id: ok.user_id,
@@ -121,6 +122,7 @@ async fn authenticate(
             }
             // Queued; written when the database is reachable again.
             state.audit.record(event);
+            state.metrics.handshake(err.outcome());
             Err(err)
         }
     }
@@ -180,6 +182,7 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
     state
         .registry
         .add(&session.sid, &session.user_id, Arc::new(s.clone()));
+    state.metrics.live_sockets.inc();
 
     s.on("whoami", async |s: SocketRef, ack: AckSender| {
         if let Some(session) = s.extensions.get::<SocketSession>() {
@@ -201,6 +204,7 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
                 return;
             };
             state.registry.remove(&session.sid, &s.id.to_string());
+            state.metrics.live_sockets.dec();
             let fingerprint = session::fingerprint(&session.sid);
             if is_error(reason) {
                 tracing::warn!(socket = %s.id, user = %session.user_id, session = %fingerprint, error = %reason, "socket error");

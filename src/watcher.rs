@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -14,6 +13,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::audit::{self, AuditEvent, AuditLog, Severity};
+use crate::metrics::Metrics;
 use crate::registry::{self, Registry};
 use crate::session::{self, EndReason, Verdict};
 use crate::session_store::{Extension, SessionStore, StoreError};
@@ -31,14 +31,7 @@ pub struct Watcher {
     /// Wakes the watcher for an immediate tick (e.g. after the revocation
     /// listener reconnects and may have missed notices).
     pub wake: Arc<Notify>,
-    pub stats: Arc<WatcherStats>,
-}
-
-#[derive(Default)]
-pub struct WatcherStats {
-    pub ticks: AtomicU64,
-    pub failed_ticks: AtomicU64,
-    pub queries: AtomicU64,
+    pub metrics: Metrics,
 }
 
 /// What one tick did.
@@ -76,7 +69,7 @@ impl Watcher {
                 Err(err) => {
                     // Fail safe, not closed: a database blip must not end every
                     // live socket; the next tick checks again.
-                    self.stats.failed_ticks.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.revalidation_failed_ticks.inc();
                     tracing::warn!(error = %err, "session re-check failed; sockets kept until the next check");
                 }
             }
@@ -86,7 +79,8 @@ impl Watcher {
 
     /// One re-check of every session with a socket on this node.
     pub async fn tick(&self, now: DateTime<Utc>) -> Result<TickReport, StoreError> {
-        self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+        let tick_started = Instant::now();
+        self.metrics.revalidation_ticks.inc();
         let live = self.registry.sessions();
         let mut report = TickReport {
             sessions: live.len(),
@@ -99,7 +93,7 @@ impl Watcher {
             let rows = self.store.check_many(chunk).await?;
             report.db_time += started.elapsed();
             report.queries += 1;
-            self.stats.queries.fetch_add(1, Ordering::Relaxed);
+            self.metrics.revalidation_queries.inc();
             for row in rows {
                 found.insert(row.sid.clone(), row);
             }
@@ -133,8 +127,11 @@ impl Watcher {
             let result = self.store.extend_many(&extensions).await;
             report.db_time += started.elapsed();
             report.queries += 1;
-            self.stats.queries.fetch_add(1, Ordering::Relaxed);
+            self.metrics.revalidation_queries.inc();
             result?;
+            self.metrics
+                .sessions_refreshed
+                .inc_by(extensions.len() as u64);
             report.refreshed = extensions.len();
             for ext in &extensions {
                 let mut event = AuditEvent::new(audit::action::SESSION_REFRESHED, Severity::Info);
@@ -147,6 +144,13 @@ impl Watcher {
                 tracing::info!(session = %session::fingerprint(&ext.sid), expires = %ext.cookie_expires, "session extended");
             }
         }
+        self.metrics.last_tick_sessions.set(report.sessions as i64);
+        self.metrics
+            .last_tick_db_seconds
+            .set(report.db_time.as_secs_f64());
+        self.metrics
+            .last_tick_seconds
+            .set(tick_started.elapsed().as_secs_f64());
         Ok(report)
     }
 
@@ -155,6 +159,7 @@ impl Watcher {
     pub fn end_session(&self, sid: &str, reason: EndReason) -> usize {
         let sockets = self.registry.sockets_of(sid);
         let count = sockets.len();
+        self.metrics.sessions_ended.inc();
         for socket in &sockets {
             let mut event = AuditEvent::new(audit::action::SESSION_EXPIRED, Severity::Info);
             event.socket_id = Some(socket.id());

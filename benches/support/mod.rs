@@ -1,0 +1,303 @@
+//! Shared by the benches: a throwaway PostgreSQL database, the server as a
+//! child process, and a load client that speaks the engine.io v4 /
+//! Socket.IO v5 handshake over a websocket directly.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub const SECRET: &str = "bench-secret";
+
+pub struct BenchDb {
+    pub admin: String,
+    pub url: String,
+    pub name: String,
+}
+
+impl BenchDb {
+    pub async fn create() -> BenchDb {
+        let admin = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| u.starts_with("postgres"))
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("sockgate_bench_{}", std::process::id());
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL for the bench (set DATABASE_URL)");
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await
+            .unwrap();
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&format!("/{name}"));
+        let db = BenchDb {
+            admin,
+            url: url.to_string(),
+            name,
+        };
+        let mut config = sockgate::config::Config::for_database(db.url.clone());
+        config.secrets = vec![SECRET.into()];
+        let conn = sockgate::db::connect(&config).await.unwrap();
+        sockgate::db::migrate(&conn).await.unwrap();
+        sockgate::db::create_session_table(&conn.conn, None, "session")
+            .await
+            .unwrap();
+        db
+    }
+
+    /// `n` logged-in sessions written as connect-pg-simple writes them; returns
+    /// their signed, URL-encoded cookie values.
+    pub async fn insert_sessions(&self, n: usize, ttl_secs: i64) -> Vec<String> {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let expire = chrono::Utc::now().timestamp() + ttl_secs;
+        client
+            .execute(
+                "INSERT INTO \"session\" (sid, sess, expire) \
+                 SELECT 'bench-' || i, json_build_object('cookie', json_build_object('originalMaxAge', 86400000), \
+                        'passport', json_build_object('user', i)), to_timestamp($1) \
+                 FROM generate_series(0, $2 - 1) AS i",
+                &[&(expire as f64), &(n as i32)],
+            )
+            .await
+            .unwrap();
+        (0..n)
+            .map(|i| {
+                let signed = format!(
+                    "s:{}",
+                    sockgate::signature::sign(&format!("bench-{i}"), SECRET)
+                );
+                percent_encoding::utf8_percent_encode(&signed, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            })
+            .collect()
+    }
+
+    pub async fn drop_database(&self) {
+        let (client, conn) = tokio_postgres::connect(&self.admin, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let _ = client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await;
+    }
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Server {
+    pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sockgate"));
+        cmd.env("DATABASE_URL", database_url)
+            .env("SESSION_SECRET", SECRET)
+            .env("LISTEN_ADDR", addr.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start the sockgate binary");
+        let server = Server { addr, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the server process.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// User + system CPU time of the server process, from its own accounting.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime are fields 14 and 15 of /proc/pid/stat (1-based).
+        let total = ticks(11) + ticks(12);
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_secs_f64(total as f64 / hz as f64)
+    }
+
+    pub async fn metrics(&self) -> Metrics {
+        let text = reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut values = HashMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if let Some((name, value)) = line.rsplit_once(' ')
+                && let Ok(v) = value.parse::<f64>()
+            {
+                *values.entry(name.to_owned()).or_insert(0.0) += v;
+            }
+        }
+        Metrics(values)
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Metrics(pub HashMap<String, f64>);
+
+impl Metrics {
+    /// A metric summed over its label sets (`name{...}` lines included).
+    pub fn get(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| *k == name || k.starts_with(&format!("{name}{{")))
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[derive(Debug)]
+pub enum HandshakeError {
+    Refused(String),
+    Transport(String),
+}
+
+/// One authenticated Socket.IO connection over a websocket: engine.io open
+/// packet, namespace CONNECT, and the server's CONNECT or CONNECT_ERROR.
+pub async fn handshake(addr: &SocketAddr, cookie: &str) -> Result<Ws, HandshakeError> {
+    let mut req = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("cookie", format!("connect.sid={cookie}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .map_err(|e| HandshakeError::Transport(e.to_string()))?;
+    let text = |m: Option<Result<Message, _>>| match m {
+        Some(Ok(Message::Text(t))) => Ok(t.to_string()),
+        other => Err(HandshakeError::Transport(format!("{other:?}"))),
+    };
+    let open = text(ws.next().await)?;
+    if !open.starts_with('0') {
+        return Err(HandshakeError::Transport(format!("no open packet: {open}")));
+    }
+    ws.send(Message::text("40"))
+        .await
+        .map_err(|e| HandshakeError::Transport(e.to_string()))?;
+    loop {
+        let reply = text(ws.next().await)?;
+        if reply == "2" {
+            ws.send(Message::text("3"))
+                .await
+                .map_err(|e| HandshakeError::Transport(e.to_string()))?;
+        } else if reply.starts_with("40") {
+            return Ok(ws);
+        } else if reply.starts_with("44") {
+            return Err(HandshakeError::Refused(reply));
+        } else {
+            return Err(HandshakeError::Transport(format!(
+                "unexpected packet: {reply}"
+            )));
+        }
+    }
+}
+
+/// Keeps a socket alive: answers pings until the server closes it.
+pub async fn hold(mut ws: Ws) {
+    while let Some(Ok(msg)) = ws.next().await {
+        if let Message::Text(t) = msg
+            && t.as_str() == "2"
+            && ws.send(Message::text("3")).await.is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// Connects every cookie, at most `concurrency` handshakes at a time, and
+/// holds the sockets (answering pings) until the server closes them.
+pub async fn connect_many(
+    addr: &SocketAddr,
+    cookies: &[String],
+    concurrency: usize,
+) -> Vec<Option<tokio::task::JoinHandle<()>>> {
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = Vec::with_capacity(cookies.len());
+    for cookie in cookies {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let addr = *addr;
+        let cookie = cookie.clone();
+        tasks.push(tokio::spawn(async move {
+            let ws = handshake(&addr, &cookie).await;
+            drop(permit);
+            ws.ok().map(|ws| tokio::spawn(hold(ws)))
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Writes the bench's numbers to target/bench-results/<name>.json for
+/// comparison between runs.
+pub fn write_report(name: &str, json: &serde_json::Value) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(json).unwrap()).unwrap();
+    println!("wrote {}", path.display());
+}

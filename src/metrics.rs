@@ -1,0 +1,146 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub handshakes: Family<Labels, Counter>,
+    pub live_sockets: Gauge,
+    pub revalidation_ticks: Counter,
+    pub revalidation_failed_ticks: Counter,
+    pub revalidation_queries: Counter,
+    pub last_tick_sessions: Gauge,
+    pub last_tick_db_seconds: Gauge<f64, AtomicU64>,
+    pub last_tick_seconds: Gauge<f64, AtomicU64>,
+    pub sessions_ended: Counter,
+    pub sessions_refreshed: Counter,
+    pub origin_violations: Family<Labels, Counter>,
+    pub audit_buffer_depth: Gauge,
+    pub audit_dropped: Gauge,
+    pub audit_written: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("sockgate");
+        let m = Self {
+            registry: Arc::default(),
+            handshakes: Family::default(),
+            live_sockets: Gauge::default(),
+            revalidation_ticks: Counter::default(),
+            revalidation_failed_ticks: Counter::default(),
+            revalidation_queries: Counter::default(),
+            last_tick_sessions: Gauge::default(),
+            last_tick_db_seconds: Gauge::default(),
+            last_tick_seconds: Gauge::default(),
+            sessions_ended: Counter::default(),
+            sessions_refreshed: Counter::default(),
+            origin_violations: Family::default(),
+            audit_buffer_depth: Gauge::default(),
+            audit_dropped: Gauge::default(),
+            audit_written: Gauge::default(),
+        };
+        r.register(
+            "handshakes",
+            "Socket.IO handshakes by outcome",
+            m.handshakes.clone(),
+        );
+        r.register(
+            "live_sockets",
+            "Authenticated sockets on this node",
+            m.live_sockets.clone(),
+        );
+        r.register(
+            "revalidation_ticks",
+            "Session re-check ticks",
+            m.revalidation_ticks.clone(),
+        );
+        r.register(
+            "revalidation_failed_ticks",
+            "Session re-check ticks that failed (database unreachable)",
+            m.revalidation_failed_ticks.clone(),
+        );
+        r.register(
+            "revalidation_queries",
+            "Database queries made by session re-checks",
+            m.revalidation_queries.clone(),
+        );
+        r.register(
+            "revalidation_last_tick_sessions",
+            "Sessions checked by the last tick",
+            m.last_tick_sessions.clone(),
+        );
+        r.register(
+            "revalidation_last_tick_db_seconds",
+            "Database time of the last tick",
+            m.last_tick_db_seconds.clone(),
+        );
+        r.register(
+            "revalidation_last_tick_seconds",
+            "Wall time of the last tick",
+            m.last_tick_seconds.clone(),
+        );
+        r.register(
+            "sessions_ended",
+            "Sessions whose sockets were ended",
+            m.sessions_ended.clone(),
+        );
+        r.register(
+            "sessions_refreshed",
+            "Sessions extended",
+            m.sessions_refreshed.clone(),
+        );
+        r.register(
+            "origin_violations",
+            "Requests refused by the Origin allowlist",
+            m.origin_violations.clone(),
+        );
+        r.register(
+            "audit_buffer_depth",
+            "Audit events waiting to be written",
+            m.audit_buffer_depth.clone(),
+        );
+        r.register(
+            "audit_dropped",
+            "Audit events dropped because the buffer was full",
+            m.audit_dropped.clone(),
+        );
+        r.register(
+            "audit_written",
+            "Audit events written",
+            m.audit_written.clone(),
+        );
+        Self {
+            registry: Arc::new(r),
+            ..m
+        }
+    }
+
+    pub fn handshake(&self, outcome: &'static str) {
+        self.handshakes
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
