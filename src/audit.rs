@@ -41,6 +41,7 @@ pub mod action {
     pub const SESSION_REFRESHED: &str = "session.refreshed";
     pub const DISCONNECTED: &str = "socket.disconnected";
     pub const SOCKET_ERROR: &str = "socket.error";
+    pub const ORIGIN_REJECTED: &str = "socket.origin_rejected";
 }
 
 #[derive(Debug, Clone)]

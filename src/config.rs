@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::origin::{Allowlist, Entry};
 use crate::signature::{Secrets, SecretsError};
 
 /// The secret a development server signs with when none is configured. Only
@@ -91,6 +92,25 @@ pub struct Config {
     #[arg(long, env = "SESSION_REFRESH_WINDOW", default_value = "5m", value_parser = humantime::parse_duration, global = true)]
     pub session_refresh_window: Duration,
 
+    /// Origins allowed to open sockets and call state-changing routes,
+    /// comma-separated (`https://app.example.com`, `https://*.example.com`).
+    /// Unset: APP_URL's origin, else the server's own URL.
+    #[arg(long, env = "ALLOWED_ORIGINS", global = true)]
+    pub allowed_origins: Option<String>,
+
+    /// The Node app's URL; its origin is allowed when ALLOWED_ORIGINS is unset.
+    #[arg(long, env = "APP_URL", global = true)]
+    pub app_url: Option<String>,
+
+    /// This server's public URL (default `http://LISTEN_ADDR`).
+    #[arg(long, env = "PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// Refuse requests without an Origin header (by default non-browser
+    /// clients, which send none, are allowed).
+    #[arg(long, env = "REQUIRE_ORIGIN", global = true)]
+    pub require_origin: bool,
+
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 }
@@ -111,6 +131,12 @@ pub enum ConfigError {
     BadIdentifier { what: &'static str, name: String },
     #[error("SESSION_COOKIE_NAME may not be empty")]
     EmptyCookieName,
+    #[error("{what}: {entry:?} is not an origin ({error})")]
+    BadOrigin {
+        what: &'static str,
+        entry: String,
+        error: crate::origin::OriginError,
+    },
 }
 
 impl Config {
@@ -142,8 +168,53 @@ impl Config {
         Ok(Secrets::new(self.secrets.iter().cloned())?)
     }
 
+    /// ALLOWED_ORIGINS, else APP_URL's origin, else the server's own URL
+    /// (on a loopback address, `localhost` at the same port as well).
+    pub fn allowlist(&self) -> Result<Allowlist, ConfigError> {
+        let allow_missing = !self.require_origin;
+        if let Some(list) = self
+            .allowed_origins
+            .as_deref()
+            .filter(|l| !l.trim().is_empty())
+        {
+            return Allowlist::parse(list, allow_missing).map_err(|(entry, error)| {
+                ConfigError::BadOrigin {
+                    what: "ALLOWED_ORIGINS",
+                    entry,
+                    error,
+                }
+            });
+        }
+        let (what, urls) = match (&self.app_url, &self.public_url) {
+            (Some(app), _) => ("APP_URL", vec![app.clone()]),
+            (None, Some(public)) => ("PUBLIC_URL", vec![public.clone()]),
+            (None, None) => {
+                let mut own = vec![format!("http://{}", self.listen)];
+                if self.listen.ip().is_loopback() {
+                    own.push(format!("http://localhost:{}", self.listen.port()));
+                }
+                ("LISTEN_ADDR", own)
+            }
+        };
+        let entries = urls
+            .iter()
+            .map(|u| {
+                let origin = url::Url::parse(u)
+                    .map(|url| url.origin().ascii_serialization())
+                    .unwrap_or_else(|_| u.clone());
+                Entry::parse(&origin).map_err(|error| ConfigError::BadOrigin {
+                    what,
+                    entry: u.clone(),
+                    error,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Allowlist::new(entries, allow_missing))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.secrets()?;
+        self.allowlist()?;
         if self.cookie_name.is_empty() {
             return Err(ConfigError::EmptyCookieName);
         }

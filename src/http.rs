@@ -16,6 +16,11 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(socket_layer)
+        .layer(crate::origin_guard::cors(state.allowlist.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::origin_guard::guard,
+        ))
         .with_state(state)
 }
 

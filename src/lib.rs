@@ -8,6 +8,8 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod metrics;
+pub mod origin;
+pub mod origin_guard;
 pub mod registry;
 pub mod revocation;
 pub mod server;

@@ -19,6 +19,8 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::db::{self, Database};
 use crate::metrics::Metrics;
+use crate::origin::Allowlist;
+use crate::origin_guard::ViolationLog;
 use crate::registry::Registry;
 use crate::session::{self, UserId};
 use crate::session_store::SessionStore;
@@ -38,11 +40,14 @@ pub struct AppState {
     pub registry: Registry,
     pub watcher: Watcher,
     pub metrics: Metrics,
+    pub allowlist: Arc<Allowlist>,
+    pub violations: Arc<ViolationLog>,
 }
 
 /// Connects, prepares the database and starts the audit writer.
 pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     config.validate()?;
+    let allowlist = config.allowlist()?;
     let db = db::connect(&config)
         .await
         .context("connecting to the database")?;
@@ -91,6 +96,8 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         registry,
         watcher,
         metrics,
+        allowlist: Arc::new(allowlist),
+        violations: Default::default(),
     })
 }
 
@@ -254,6 +261,11 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
 
 fn announce(state: &AppState, addr: SocketAddr) {
     tracing::info!(%addr, "sockgate listening on http://{addr} (Socket.IO at /socket.io/)");
+    tracing::info!(
+        allowlist = %state.allowlist.describe(),
+        require_origin = state.config.require_origin,
+        "origin allowlist"
+    );
     if state.config.is_sqlite() {
         tracing::info!(
             "development user {DEV_USER_ID} ({DEV_USERNAME}): get a session cookie with `cargo run -- session mint --user {DEV_USER_ID}`"

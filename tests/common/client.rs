@@ -183,11 +183,12 @@ impl TestClient {
     /// Asks the server who this socket is.
     pub async fn whoami(&mut self) -> Value {
         self.emit("whoami", Value::Null).await;
+        let mut seen = Vec::new();
         loop {
             match self.next(Duration::from_secs(10)).await {
                 Some(Seen::Event(name, value)) if name == "whoami" => return value,
-                Some(_) => continue,
-                None => panic!("no whoami answer"),
+                Some(other) => seen.push(other),
+                None => panic!("no whoami answer within 10 s; saw {seen:?}"),
             }
         }
     }

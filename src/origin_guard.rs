@@ -1,0 +1,128 @@
+//! The Origin allowlist as an HTTP layer, in front of the Socket.IO layer so
+//! that both transports (the long-polling requests and the websocket
+//! upgrade) are checked before engine.io sees them, and in front of every
+//! state-changing route (CSRF). CORS response headers alone never protect a
+//! websocket: this layer refuses.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+use crate::audit::{self, AuditEvent, Severity};
+use crate::origin::{Allowlist, Rejection, Verdict};
+use crate::server::AppState;
+
+pub const SOCKET_PATH: &str = "/socket.io/";
+
+/// Logs and audit rows for violations are rate-limited so that a flood
+/// cannot fill the log or the audit table; the metric counts every one.
+pub struct ViolationLog {
+    limiter: DefaultDirectRateLimiter,
+    suppressed: AtomicU64,
+}
+
+impl Default for ViolationLog {
+    fn default() -> Self {
+        Self {
+            limiter: RateLimiter::direct(
+                Quota::per_second(NonZeroU32::new(10).unwrap())
+                    .allow_burst(NonZeroU32::new(50).unwrap()),
+            ),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+}
+
+fn transport(req: &Request) -> &'static str {
+    if !req.uri().path().starts_with(SOCKET_PATH) {
+        return "http";
+    }
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if upgrade
+        || req
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("transport=websocket"))
+    {
+        "websocket"
+    } else {
+        "polling"
+    }
+}
+
+fn needs_check(req: &Request) -> bool {
+    req.uri().path().starts_with(SOCKET_PATH)
+        || !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !needs_check(&req) {
+        return next.run(req).await;
+    }
+    let origin = req.headers().get(header::ORIGIN).map(HeaderValue::as_bytes);
+    match state.allowlist.check(origin) {
+        Verdict::Allowed | Verdict::NoOrigin => next.run(req).await,
+        Verdict::Rejected(rejection) => {
+            record_violation(&state, &req, &rejection);
+            (StatusCode::FORBIDDEN, "Origin not allowed").into_response()
+        }
+    }
+}
+
+fn record_violation(state: &AppState, req: &Request, rejection: &Rejection) {
+    let transport = transport(req);
+    state
+        .metrics
+        .origin_violations
+        .get_or_create(&vec![("transport", transport)])
+        .inc();
+    let log = &state.violations;
+    if log.limiter.check().is_err() {
+        log.suppressed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let suppressed = log.suppressed.swap(0, Ordering::Relaxed);
+    let client_ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip().to_string());
+    let shown = rejection.shown();
+    let allowlist = state.allowlist.describe();
+    tracing::warn!(origin = %shown, transport, ip = ?client_ip, path = req.uri().path(), allowlist = %allowlist,
+        reason = rejection.reason(), suppressed_since_last = suppressed, "origin rejected");
+    let mut event = AuditEvent::new(audit::action::ORIGIN_REJECTED, Severity::Warn);
+    event.reason = Some(rejection.reason().to_owned());
+    event.client_ip = client_ip;
+    event.headers = Some(audit::redact_headers(req.headers()));
+    event.details = Some(serde_json::json!({
+        "origin": shown,
+        "transport": transport,
+        "path": req.uri().path(),
+        "allowlist": allowlist,
+        "suppressed_since_last": suppressed,
+    }));
+    state.audit.record(event);
+}
+
+/// CORS for allowed origins, with credentials, so a browser page on an
+/// allowed origin can long-poll with its cookie.
+pub fn cors(allowlist: Arc<Allowlist>) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            allowlist.allows(origin.as_bytes())
+        }))
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(AllowHeaders::mirror_request())
+}
