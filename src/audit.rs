@@ -42,6 +42,8 @@ pub mod action {
     pub const DISCONNECTED: &str = "socket.disconnected";
     pub const SOCKET_ERROR: &str = "socket.error";
     pub const ORIGIN_REJECTED: &str = "socket.origin_rejected";
+    pub const GUEST_DISCONNECTED: &str = "guest.disconnected";
+    pub const GUEST_LOCKED: &str = "socket.guest_locked";
 }
 
 #[derive(Debug, Clone)]

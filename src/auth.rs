@@ -127,6 +127,9 @@ impl Authenticator {
             return Err(fail(AuthError::ExpiredSession { user }));
         }
         let user_id = user.ok_or_else(|| fail(AuthError::NotLoggedIn))?;
+        if stored.guest_lock.is_some() {
+            return Err(fail(AuthError::GuestLocked { user: user_id }));
+        }
         Ok(Authenticated {
             user_id,
             sid,

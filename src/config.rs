@@ -113,6 +113,37 @@ pub struct Config {
 
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// How Socket.IO operations (broadcasts, guest disconnects) reach the
+    /// other nodes: `local` (a single node), `postgres` (LISTEN/NOTIFY on
+    /// DATABASE_URL), `redis` (REDIS_URL). `auto`: postgres on PostgreSQL,
+    /// local on SQLite.
+    #[arg(long, env = "ADAPTER", value_enum, default_value_t = AdapterKind::Auto, global = true)]
+    pub adapter: AdapterKind,
+
+    /// Redis for `ADAPTER=redis`, e.g. `redis://127.0.0.1:6379`.
+    #[arg(long, env = "REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+}
+
+/// The Redis adapter's driver needs RESP3 (push messages); a URL that does
+/// not choose a protocol gets it.
+pub fn resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AdapterKind {
+    Auto,
+    Local,
+    Postgres,
+    Redis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -129,6 +160,10 @@ pub enum ConfigError {
     Secrets(#[from] SecretsError),
     #[error("{what} {name:?} may not contain double quotes or NUL")]
     BadIdentifier { what: &'static str, name: String },
+    #[error("ADAPTER=postgres needs DATABASE_URL to be PostgreSQL")]
+    PostgresAdapterOnSqlite,
+    #[error("ADAPTER=redis needs REDIS_URL")]
+    RedisUrlRequired,
     #[error("SESSION_COOKIE_NAME may not be empty")]
     EmptyCookieName,
     #[error("{what}: {entry:?} is not an origin ({error})")]
@@ -151,6 +186,17 @@ impl Config {
         let mut config = Wrapper::parse_from(["sockgate"]).config;
         config.database_url = database_url.into();
         config
+    }
+
+    /// The adapter to run, `auto` resolved.
+    pub fn adapter(&self) -> Result<AdapterKind, ConfigError> {
+        match self.adapter {
+            AdapterKind::Auto if self.is_sqlite() => Ok(AdapterKind::Local),
+            AdapterKind::Auto => Ok(AdapterKind::Postgres),
+            AdapterKind::Postgres if self.is_sqlite() => Err(ConfigError::PostgresAdapterOnSqlite),
+            AdapterKind::Redis if self.redis_url.is_none() => Err(ConfigError::RedisUrlRequired),
+            kind => Ok(kind),
+        }
     }
 
     pub fn is_sqlite(&self) -> bool {
@@ -215,6 +261,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.secrets()?;
         self.allowlist()?;
+        self.adapter()?;
         if self.cookie_name.is_empty() {
             return Err(ConfigError::EmptyCookieName);
         }

@@ -111,6 +111,19 @@ async fn connect_postgres(config: &Config) -> Result<Database, DbError> {
     })
 }
 
+/// A small pool of its own for the Socket.IO PostgreSQL adapter (NOTIFY
+/// and attachments; its LISTEN connection is separate), so cluster traffic
+/// never waits behind handshakes for a connection, nor they behind it.
+pub fn adapter_pool(config: &Config) -> Result<sqlx::PgPool, DbError> {
+    let options = PgConnectOptions::from_str(&config.database_url)
+        .map_err(|e| DbError::BadUrl(e.to_string()))?
+        .application_name("sockgate-adapter");
+    Ok(PgPoolOptions::new()
+        .max_connections(3)
+        .acquire_timeout(config.db_acquire_timeout())
+        .connect_lazy_with(options))
+}
+
 /// The time zone a client that sends none (node-postgres) gets: the role's,
 /// the database's or the server's default. sqlx always sends one, so the
 /// probe uses tokio-postgres, which does not.

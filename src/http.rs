@@ -5,23 +5,68 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
+use socketioxide::adapter::{Emitter, LocalAdapter};
+
+use crate::config::AdapterKind;
+use crate::socket;
+use anyhow::Context;
 
 use crate::server::AppState;
 
-pub fn router(state: AppState) -> Router {
-    let (socket_layer, _io) = crate::socket::layer(state.clone());
-    Router::new()
+/// The routes, the Socket.IO layer over the configured adapter, and the
+/// Origin guard in front of both.
+pub async fn router(state: AppState) -> anyhow::Result<Router> {
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(socket_layer)
+        .route(
+            "/api/admin/guest/{guest_id}/disconnect",
+            post(crate::admin::disconnect_guest),
+        );
+    let kind = state.config.adapter()?;
+    let routes = match kind {
+        AdapterKind::Local | AdapterKind::Auto => {
+            let (layer, io) = socket::layer::<LocalAdapter>(&state, ());
+            socket::register(&io);
+            routes.layer(layer)
+        }
+        AdapterKind::Postgres => {
+            let pool = crate::db::adapter_pool(&state.config)?;
+            let ctr = socketioxide_postgres::PostgresAdapterCtr::new_with_sqlx(pool);
+            let (layer, io) =
+                socket::layer::<socketioxide_postgres::SqlxAdapter<Emitter>>(&state, ctr);
+            socket::register(&io)
+                .await
+                .context("starting the PostgreSQL adapter")?;
+            routes.layer(layer)
+        }
+        AdapterKind::Redis => {
+            use socketioxide_redis::drivers::redis::redis_client;
+            let client = redis_client::Client::open(crate::config::resp3(
+                state.config.redis_url.as_deref().unwrap_or_default(),
+            ))
+            .context("REDIS_URL")?;
+            let ctr = socketioxide_redis::RedisAdapterCtr::new_with_redis(&client)
+                .await
+                .context("connecting to Redis")?;
+            let (layer, io) =
+                socket::layer::<socketioxide_redis::RedisAdapter<Emitter>>(&state, ctr);
+            socket::register(&io)
+                .await
+                .context("starting the Redis adapter")?;
+            routes.layer(layer)
+        }
+    };
+    tracing::info!(adapter = ?kind, "Socket.IO adapter");
+    Ok(routes
         .layer(crate::origin_guard::cors(state.allowlist.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::origin_guard::guard,
         ))
-        .with_state(state)
+        .with_state(state))
 }
 
 /// Ready when the session database answers.

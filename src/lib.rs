@@ -1,11 +1,14 @@
 //! sockgate: a Socket.IO gateway that trusts a connection only as long as
 //! the Node app's express-session says so.
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod fleet;
+pub mod guests;
 pub mod http;
 pub mod metrics;
 pub mod origin;

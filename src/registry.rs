@@ -144,6 +144,18 @@ impl Registry {
         self.inner.lock().unwrap().by_digest.get(digest).cloned()
     }
 
+    /// Every socket of a user on this node, across their sessions.
+    pub fn sockets_of_user(&self, user: &UserId) -> Vec<Arc<dyn SocketHandle>> {
+        self.inner
+            .lock()
+            .unwrap()
+            .by_sid
+            .values()
+            .filter(|e| &e.user_id == user)
+            .flat_map(|e| e.sockets.iter().cloned())
+            .collect()
+    }
+
     /// The sockets of a session (removed from the registry by their own
     /// disconnect handlers once closed).
     pub fn sockets_of(&self, sid: &str) -> Vec<Arc<dyn SocketHandle>> {

@@ -18,6 +18,7 @@ use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::db::{self, Database};
+use crate::fleet::FleetCell;
 use crate::metrics::Metrics;
 use crate::origin::Allowlist;
 use crate::origin_guard::ViolationLog;
@@ -29,6 +30,11 @@ use crate::watcher::Watcher;
 /// The development user a fresh SQLite database starts with.
 pub const DEV_USER_ID: &str = "1";
 pub const DEV_USERNAME: &str = "dev";
+/// A guest of the development organization, to try the admin route on.
+pub const DEV_GUEST_USER_ID: &str = "2";
+pub const DEV_GUEST_USERNAME: &str = "guest";
+pub const DEV_GUEST_ID: i64 = 1;
+pub const DEV_ORGANIZATION_ID: i64 = 1;
 
 /// Everything a request or socket handler needs, cheap to clone.
 #[derive(Clone)]
@@ -42,6 +48,9 @@ pub struct AppState {
     pub metrics: Metrics,
     pub allowlist: Arc<Allowlist>,
     pub violations: Arc<ViolationLog>,
+    /// This node's view of every node's sockets; set when the Socket.IO
+    /// layer is built.
+    pub fleet: FleetCell,
 }
 
 /// Connects, prepares the database and starts the audit writer.
@@ -78,7 +87,9 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     let audit = AuditLog::spawn(db.conn.clone(), config.audit_buffer);
     let registry = Registry::default();
     let metrics = Metrics::new();
+    let fleet = FleetCell::default();
     let watcher = Watcher {
+        fleet: fleet.clone(),
         registry: registry.clone(),
         store: auth.store.clone(),
         audit: audit.clone(),
@@ -98,6 +109,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         metrics,
         allowlist: Arc::new(allowlist),
         violations: Default::default(),
+        fleet,
     })
 }
 
@@ -119,15 +131,56 @@ async fn ensure_migrated(db: &Database) -> anyhow::Result<()> {
 /// user is there to log in as.
 pub async fn prepare_dev_database(config: &Config, db: &Database) -> anyhow::Result<()> {
     db::create_session_table(&db.conn, None, &config.session_table).await?;
-    let user = entity::app_user::ActiveModel {
-        id: Set(DEV_USER_ID.to_owned()),
-        username: Set(DEV_USERNAME.to_owned()),
-        created_at: Set(Utc::now()),
-    };
-    entity::app_user::Entity::insert(user)
-        .on_conflict_do_nothing_on([entity::app_user::Column::Id])
-        .exec_without_returning(&db.conn)
+    seed_dev_data(&db.conn).await
+}
+
+/// The development organization: user "1" (dev) is its admin, user "2" is
+/// guest 1 in it. Only missing rows are written, so a lock survives restarts.
+pub async fn seed_dev_data(conn: &sea_orm::DatabaseConnection) -> anyhow::Result<()> {
+    use entity::{app_user, guest, member, organization};
+    let now = Utc::now();
+    for (id, name) in [
+        (DEV_USER_ID, DEV_USERNAME),
+        (DEV_GUEST_USER_ID, DEV_GUEST_USERNAME),
+    ] {
+        app_user::Entity::insert(app_user::ActiveModel {
+            id: Set(id.to_owned()),
+            username: Set(name.to_owned()),
+            created_at: Set(now),
+        })
+        .on_conflict_do_nothing_on([app_user::Column::Id])
+        .exec_without_returning(conn)
         .await?;
+    }
+    organization::Entity::insert(organization::ActiveModel {
+        id: Set(DEV_ORGANIZATION_ID),
+        name: Set("Dev organization".to_owned()),
+        created_at: Set(now),
+    })
+    .on_conflict_do_nothing_on([organization::Column::Id])
+    .exec_without_returning(conn)
+    .await?;
+    member::Entity::insert(member::ActiveModel {
+        id: Set(1),
+        organization_id: Set(DEV_ORGANIZATION_ID),
+        user_id: Set(DEV_USER_ID.to_owned()),
+        role: Set(member::ROLE_ADMIN.to_owned()),
+    })
+    .on_conflict_do_nothing_on([member::Column::Id])
+    .exec_without_returning(conn)
+    .await?;
+    guest::Entity::insert(guest::ActiveModel {
+        id: Set(DEV_GUEST_ID),
+        user_id: Set(DEV_GUEST_USER_ID.to_owned()),
+        organization_id: Set(DEV_ORGANIZATION_ID),
+        soft_locked: Set(false),
+        locked_at: Set(None),
+        lock_reason: Set(None),
+        created_at: Set(now),
+    })
+    .on_conflict_do_nothing_on([guest::Column::Id])
+    .exec_without_returning(conn)
+    .await?;
     Ok(())
 }
 
@@ -225,7 +278,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
 
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<RunningServer> {
     let local_addr = listener.local_addr()?;
-    let app = crate::http::router(state.clone());
+    let app = crate::http::router(state.clone()).await?;
     let watcher = tokio::spawn(state.watcher.clone().run());
     let revocations =
         (state.db.get_database_backend() == sea_orm::DbBackend::Postgres).then(|| {

@@ -23,6 +23,8 @@ pub struct StoredSession {
     pub sess: Option<Json>,
     /// `expire` as the instant the Node app means by it.
     pub expire_at: DateTime<Utc>,
+    /// The lock reason when the session's user is a soft-locked guest.
+    pub guest_lock: Option<String>,
 }
 
 #[derive(Clone)]
@@ -59,11 +61,14 @@ impl SessionStore {
             // `expire::timestamptz` reads the wall-clock value in the
             // connection's zone, which `db::connect` set to the Node app's.
             DbBackend::Postgres => format!(
-                "SELECT sid, sess::text AS sess, expire::timestamptz AS expire_at FROM {} WHERE sid = $1",
+                "SELECT sid, sess::text AS sess, expire::timestamptz AS expire_at, {} \
+                 FROM {} WHERE sid = $1",
+                guest_lock_column(DbBackend::Postgres),
                 self.table
             ),
             _ => format!(
-                "SELECT sid, sess AS sess, expire AS expire_at FROM {} WHERE sid = ?",
+                "SELECT sid, sess AS sess, expire AS expire_at, {} FROM {} WHERE sid = ?",
+                guest_lock_column(DbBackend::Sqlite),
                 self.table
             ),
         };
@@ -90,6 +95,7 @@ impl SessionStore {
             sid,
             sess: serde_json::from_str(&sess).ok(),
             expire_at,
+            guest_lock: row.try_get("", "guest_lock")?,
         })
     }
 
@@ -161,6 +167,28 @@ pub struct SessionCheck {
     pub user: Option<crate::session::UserId>,
     /// `sess.cookie.originalMaxAge` in ms, if any.
     pub original_max_age_ms: Option<f64>,
+    /// The lock reason when the session's user is a soft-locked guest.
+    pub guest_lock: Option<String>,
+}
+
+/// A column `guest_lock`: the lock reason (or `''`) when the row's
+/// `sess.passport.user` (or its `id`) is a soft-locked guest, else NULL.
+/// Read in the same query as the session, so a handshake stays one round
+/// trip. Malformed `sess` reads as no user rather than failing the query.
+fn guest_lock_column(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => {
+            "(SELECT COALESCE(g.lock_reason, '') FROM guest g WHERE g.soft_locked \
+               AND g.user_id IN (sess::json #>> '{passport,user}', sess::json #>> '{passport,user,id}') \
+               LIMIT 1) AS guest_lock"
+        }
+        _ => {
+            "(SELECT COALESCE(g.lock_reason, '') FROM guest g WHERE g.soft_locked \
+               AND g.user_id IN (CASE WHEN json_valid(sess) THEN sess ->> '$.passport.user' END, \
+                                 CASE WHEN json_valid(sess) THEN sess ->> '$.passport.user.id' END) \
+               LIMIT 1) AS guest_lock"
+        }
+    }
 }
 
 /// A session to extend: the new `expire` (whole seconds) and the matching
@@ -199,8 +227,9 @@ impl SessionStore {
                 format!(
                     "SELECT sid, expire::timestamptz AS expire_at, \
                             (sess::json -> 'passport' -> 'user')::text AS user_json, \
-                            (sess::json -> 'cookie' -> 'originalMaxAge')::text AS max_age \
+                            (sess::json -> 'cookie' -> 'originalMaxAge')::text AS max_age, {} \
                      FROM {} WHERE sid = ANY($1)",
+                    guest_lock_column(DbBackend::Postgres),
                     self.table
                 ),
                 [Value::Array(
@@ -214,9 +243,10 @@ impl SessionStore {
                 DbBackend::Sqlite,
                 format!(
                     "SELECT sid, expire AS expire_at, \
-                            sess -> '$.passport.user' AS user_json, \
-                            sess -> '$.cookie.originalMaxAge' AS max_age \
+                            CASE WHEN json_valid(sess) THEN sess -> '$.passport.user' END AS user_json, \
+                            CASE WHEN json_valid(sess) THEN sess -> '$.cookie.originalMaxAge' END AS max_age, {} \
                      FROM {} WHERE sid IN ({})",
+                    guest_lock_column(DbBackend::Sqlite),
                     self.table,
                     vec!["?"; sids.len()].join(", ")
                 ),
@@ -244,6 +274,7 @@ impl SessionStore {
                     expire_at,
                     user,
                     original_max_age_ms: max_age.and_then(|t| t.parse::<f64>().ok()),
+                    guest_lock: row.try_get("", "guest_lock")?,
                 })
             })
             .collect()

@@ -13,13 +13,16 @@ use socketioxide::SocketIo;
 use socketioxide::{SendError, SocketError};
 
 use crate::registry::CloseError;
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::DisconnectReason;
+use socketioxide_core::adapter::DefinedAdapter;
 
 use crate::audit::{self, AuditEvent, Severity};
 use crate::auth::{AuthError, Credentials};
+use crate::fleet::Cluster;
 use crate::server::AppState;
 use crate::session::{self, UserId};
 
@@ -39,10 +42,29 @@ pub struct WhoAmI<'a> {
     pub authenticated: bool,
 }
 
-pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
-    let (layer, io) = SocketIo::builder().with_state(state).build_layer();
-    io.ns("/", on_connect.with(authenticate));
+/// The Socket.IO layer over adapter `A`; the fleet in `state` is set to
+/// it. Call [`register`] and drive its result to start serving.
+pub fn layer<A: Adapter>(state: &AppState, adapter: A::State) -> (SocketIoLayer<A>, SocketIo<A>) {
+    let (layer, io) = SocketIo::builder()
+        .with_state(state.clone())
+        .with_adapter::<A>(adapter)
+        .build_layer();
+    let cluster = Cluster {
+        io: io.clone(),
+        registry: state.registry.clone(),
+    };
+    if state.fleet.set(Arc::new(cluster)).is_err() {
+        tracing::warn!(
+            "a second Socket.IO layer was built on one state; operations reach the first"
+        );
+    }
     (layer, io)
+}
+
+/// Mounts the authenticated default namespace. Remote adapters return a
+/// future that subscribes to the other nodes.
+pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> A::InitRes {
+    io.ns("/", on_connect::<A>.with(authenticate::<A>))
 }
 
 /// Node joins repeated Cookie headers with "; " (HTTP/2 sends one per
@@ -62,14 +84,18 @@ fn cookie_header(parts: &http::request::Parts) -> Option<String> {
     )
 }
 
-fn client_ip(s: &SocketRef) -> Option<String> {
+fn client_ip<A: Adapter>(s: &SocketRef<A>) -> Option<String> {
     s.req_parts()
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip().to_string())
 }
 
-fn handshake_event(s: &SocketRef, action: &'static str, severity: Severity) -> AuditEvent {
+fn handshake_event<A: Adapter>(
+    s: &SocketRef<A>,
+    action: &'static str,
+    severity: Severity,
+) -> AuditEvent {
     let mut event = AuditEvent::new(action, severity);
     event.socket_id = Some(s.id.to_string());
     event.client_ip = client_ip(s);
@@ -80,8 +106,8 @@ fn handshake_event(s: &SocketRef, action: &'static str, severity: Severity) -> A
 
 /// The connect middleware: runs before any handler; `Err` becomes the
 /// client's `connect_error` with the error's message.
-async fn authenticate(
-    s: SocketRef,
+async fn authenticate<A: Adapter>(
+    s: SocketRef<A>,
     State(state): State<AppState>,
     TryData(auth): TryData<Json>,
 ) -> Result<(), AuthError> {
@@ -128,7 +154,7 @@ async fn authenticate(
     }
 }
 
-impl crate::registry::SocketHandle for SocketRef {
+impl<A: Adapter> crate::registry::SocketHandle for SocketRef<A> {
     fn id(&self) -> String {
         self.id.to_string()
     }
@@ -171,7 +197,7 @@ fn is_error(reason: DisconnectReason) -> bool {
     )
 }
 
-async fn on_connect(s: SocketRef, State(state): State<AppState>) {
+async fn on_connect<A: Adapter>(s: SocketRef<A>, State(state): State<AppState>) {
     let Some(session) = s.extensions.get::<SocketSession>() else {
         // Unreachable: the middleware inserts it before any handler runs.
         tracing::error!(socket = %s.id, "socket without a session reached the handler");
@@ -184,7 +210,7 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
         .add(&session.sid, &session.user_id, Arc::new(s.clone()));
     state.metrics.live_sockets.inc();
 
-    s.on("whoami", async |s: SocketRef, ack: AckSender| {
+    s.on("whoami", async |s: SocketRef<A>, ack: AckSender<A>| {
         if let Some(session) = s.extensions.get::<SocketSession>() {
             let me = WhoAmI {
                 user_id: session.user_id.as_str(),
@@ -199,7 +225,7 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
     });
 
     s.on_disconnect(
-        async |s: SocketRef, reason: DisconnectReason, State(state): State<AppState>| {
+        async |s: SocketRef<A>, reason: DisconnectReason, State(state): State<AppState>| {
             let Some(session) = s.extensions.get::<SocketSession>() else {
                 return;
             };

@@ -13,6 +13,8 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::audit::{self, AuditEvent, AuditLog, Severity};
+use crate::fleet::{FleetCell, Scope};
+use crate::guests;
 use crate::metrics::Metrics;
 use crate::registry::{self, Registry};
 use crate::session::{self, EndReason, Verdict};
@@ -32,6 +34,9 @@ pub struct Watcher {
     /// listener reconnects and may have missed notices).
     pub wake: Arc<Notify>,
     pub metrics: Metrics,
+    /// Ends soft-locked guests' sockets (this node's only: every node runs
+    /// its own watcher).
+    pub fleet: FleetCell,
 }
 
 /// What one tick did.
@@ -99,10 +104,18 @@ impl Watcher {
             }
         }
         let mut extensions = Vec::new();
+        let mut locked_guests: HashMap<&session::UserId, &str> = HashMap::new();
         for live in &live {
             let row = found.get(&live.sid);
             let stored = row.map(|r| (r.expire_at, r.user.as_ref()));
-            match session::verdict(stored, &live.user_id, now, self.refresh_window) {
+            let verdict = session::verdict(stored, &live.user_id, now, self.refresh_window);
+            if let (Some(lock), Verdict::Keep | Verdict::Refresh) =
+                (row.and_then(|r| r.guest_lock.as_deref()), verdict)
+            {
+                locked_guests.insert(&live.user_id, lock);
+                continue;
+            }
+            match verdict {
                 Verdict::Keep => {}
                 Verdict::Refresh => {
                     let ttl = row
@@ -121,6 +134,10 @@ impl Watcher {
                     report.ended_sockets += self.end_session(&live.sid, reason);
                 }
             }
+        }
+        for (user, lock) in locked_guests {
+            report.ended_sessions += 1;
+            report.ended_sockets += self.end_guest(user, lock).await;
         }
         if !extensions.is_empty() {
             let started = Instant::now();
@@ -152,6 +169,32 @@ impl Watcher {
             .last_tick_seconds
             .set(tick_started.elapsed().as_secs_f64());
         Ok(report)
+    }
+
+    /// Ends a soft-locked guest's sockets on this node (`guest:locked`
+    /// first): one locked while its handshake was in flight, or by a node
+    /// that could not reach this one.
+    async fn end_guest(&self, user: &session::UserId, lock: &str) -> usize {
+        let message = if lock.is_empty() {
+            guests::DEFAULT_REASON
+        } else {
+            lock
+        };
+        match guests::disconnect_user(&self.fleet, user, message, Scope::Local).await {
+            Ok(count) => {
+                let mut event = AuditEvent::new(audit::action::GUEST_LOCKED, Severity::Warn);
+                event.user_id = Some(user.to_string());
+                event.reason = Some(message.to_owned());
+                event.details = Some(json!({ "sockets": count, "found_by": "session re-check" }));
+                self.audit.record(event);
+                tracing::warn!(user = %user, sockets = count, "soft-locked guest found connected: disconnected");
+                count
+            }
+            Err(e) => {
+                tracing::error!(user = %user, error = %e, "could not disconnect a soft-locked guest");
+                0
+            }
+        }
     }
 
     /// Ends every socket of a session on this node: `session_expired`, then

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::client::{self, Options, Seen, TestClient, Transport};
+use common::client::{self, Options, TestClient, Transport};
 use common::{Backend, TestEnv, now_secs};
 use sea_orm::EntityTrait;
 use serde_json::json;
@@ -48,26 +48,9 @@ async fn connected(env: &TestEnv, transport: Transport, sid: &str) -> TestClient
 /// The next two things the client sees are `session_expired` (with this
 /// reason) and then the close, in that order.
 async fn expect_expired_then_closed(c: &mut TestClient, reason: &str) {
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        match c.next(Duration::from_secs(10)).await {
-            Some(Seen::Error(e)) if e.contains("Disconnected") || e.contains("closed") => continue,
-            Some(s) => seen.push(s),
-            None => panic!("the socket was not ended; saw {seen:?}"),
-        }
-    }
-    match &seen[0] {
-        Seen::Event(name, payload) => {
-            assert_eq!(name, "session_expired");
-            assert_eq!(payload["reason"], reason);
-            assert!(payload["message"].as_str().is_some_and(|m| !m.is_empty()));
-        }
-        other => panic!(
-            "expected session_expired first, saw {other:?} then {:?}",
-            seen[1]
-        ),
-    }
-    assert_eq!(seen[1], Seen::Closed, "then the close");
+    let payload = c.expect_event_then_closed("session_expired").await;
+    assert_eq!(payload["reason"], reason);
+    assert!(payload["message"].as_str().is_some_and(|m| !m.is_empty()));
 }
 
 on_both_backends!(

@@ -193,6 +193,28 @@ impl TestClient {
         }
     }
 
+    /// The next two things this client sees are `event` and then the close,
+    /// in that order; returns the event's payload.
+    pub async fn expect_event_then_closed(&mut self, event: &str) -> Value {
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            match self.next(Duration::from_secs(10)).await {
+                // rust_socketio reports the transport going away as an error too.
+                Some(Seen::Error(e)) if e.contains("Disconnected") || e.contains("closed") => {
+                    continue;
+                }
+                Some(s) => seen.push(s),
+                None => panic!("the socket was not ended; saw {seen:?}"),
+            }
+        }
+        let payload = match &seen[0] {
+            Seen::Event(name, payload) if name == event => payload.clone(),
+            other => panic!("expected {event} first, saw {other:?} then {:?}", seen[1]),
+        };
+        assert_eq!(seen[1], Seen::Closed, "{event}, then the close");
+        payload
+    }
+
     pub async fn disconnect(mut self) {
         if let Some(c) = self.client.take() {
             let _ = c.disconnect().await;

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod pg;
+pub mod process;
 
 use std::time::Duration;
 

@@ -1,0 +1,164 @@
+//! `POST /api/admin/guest/{guestId}/disconnect`: an organization admin
+//! soft-locks a guest and cuts them off every socket on every node. The
+//! Origin guard in front of it refuses cross-site posts.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::audit::{self, AuditEvent, Severity};
+use crate::auth::{AuthError, Credentials};
+use crate::fleet::{FleetError, Scope};
+use crate::guests::{self, ReasonError};
+use crate::server::AppState;
+use crate::session::UserId;
+
+/// Every refusal of the admin route, with its status and message here only.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("Authentication required")]
+    Unauthenticated,
+    #[error("Guest not found")]
+    UnknownGuest,
+    #[error("Forbidden")]
+    NotAdmin,
+    #[error("Invalid request body: {0}")]
+    BadBody(String),
+    #[error("Service unavailable")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("Service unavailable")]
+    Store,
+    #[error("Guest locked, but their sockets could not all be reached")]
+    Fleet(#[from] FleetError),
+}
+
+impl AdminError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AdminError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            AdminError::UnknownGuest => StatusCode::NOT_FOUND,
+            AdminError::NotAdmin => StatusCode::FORBIDDEN,
+            AdminError::BadBody(_) => StatusCode::BAD_REQUEST,
+            AdminError::Database(_) | AdminError::Store | AdminError::Fleet(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        match &self {
+            AdminError::Database(e) => tracing::error!(error = %e, "admin route: database error"),
+            AdminError::Fleet(e) => {
+                tracing::error!(error = %e, "admin route: guest locked but disconnect failed")
+            }
+            _ => {}
+        }
+        (
+            self.status(),
+            Json(json!({ "success": false, "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Body {
+    reason: Option<String>,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct Disconnected {
+    pub success: bool,
+    pub disconnected: usize,
+}
+
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Body, AdminError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Body::default());
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !is_json {
+        return Err(AdminError::BadBody("expected application/json".into()));
+    }
+    serde_json::from_slice(body).map_err(|e| AdminError::BadBody(e.to_string()))
+}
+
+/// The caller, from their session cookie only.
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<UserId, AdminError> {
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| crate::session_id::header_to_string(v.as_bytes()))
+        .collect::<Vec<_>>();
+    let cookie = (!cookie.is_empty()).then(|| cookie.join("; "));
+    let creds = Credentials {
+        cookie_header: cookie.as_deref(),
+        auth: None,
+    };
+    match state.auth.authenticate(&creds, Utc::now()).await {
+        Ok(ok) => Ok(ok.user_id),
+        Err((AuthError::StoreUnavailable(e), _)) => {
+            tracing::error!(error = %e, "admin route: session store unreachable");
+            Err(AdminError::Store)
+        }
+        // A locked guest is no admin either.
+        Err(_) => Err(AdminError::Unauthenticated),
+    }
+}
+
+pub async fn disconnect_guest(
+    State(state): State<AppState>,
+    Path(guest_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Disconnected>, AdminError> {
+    let admin = caller(&state, &headers).await?;
+    // Ids that are not numbers name no guest.
+    let guest_id: i64 = guest_id.parse().map_err(|_| AdminError::UnknownGuest)?;
+    let guest = guests::find(&state.db, guest_id)
+        .await?
+        .ok_or(AdminError::UnknownGuest)?;
+    if !guests::is_admin_of(&state.db, &admin, guest.organization_id).await? {
+        tracing::warn!(admin = %admin, guest = guest.id, "admin route: caller is not an admin of the guest's organization");
+        return Err(AdminError::NotAdmin);
+    }
+    let body = parse_body(&headers, &body)?;
+    let message = guests::lock_message(body.reason.as_deref())
+        .map_err(|e: ReasonError| AdminError::BadBody(e.to_string()))?;
+    let newly_locked = guests::lock(&state.db, &guest, &message, Utc::now()).await?;
+    let user = UserId::new(guest.user_id.clone());
+    let result = guests::disconnect_user(&state.fleet, &user, &message, Scope::Cluster).await;
+
+    let mut event = AuditEvent::new(audit::action::GUEST_DISCONNECTED, Severity::Info);
+    event.user_id = Some(admin.to_string());
+    event.reason = Some(message.clone());
+    event.details = Some(json!({
+        "guest_id": guest.id,
+        "guest_user_id": guest.user_id,
+        "organization_id": guest.organization_id,
+        "newly_locked": newly_locked,
+        "disconnected": result.as_ref().ok(),
+        "error": result.as_ref().err().map(ToString::to_string),
+    }));
+    state.audit.record(event);
+    let disconnected = result?;
+    tracing::info!(admin = %admin, guest = guest.id, user = %user, disconnected, newly_locked, "guest soft-locked and disconnected");
+    Ok(Json(Disconnected {
+        success: true,
+        disconnected,
+    }))
+}

@@ -1,0 +1,102 @@
+//! Operations on a user's sockets on every node. They go through Socket.IO
+//! rooms (`user:<id>`), so the configured adapter (local, PostgreSQL or
+//! Redis) carries them to the other nodes; on each node an emit and a
+//! disconnect to the same room keep their order per socket.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value as Json;
+use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+
+use crate::registry::{self, Registry};
+use crate::session::UserId;
+
+/// An event a client is told before its socket is closed.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub event: &'static str,
+    pub payload: Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("the adapter could not reach the other nodes: {0}")]
+    Adapter(String),
+    #[error("the Socket.IO layer is not running yet")]
+    NotStarted,
+}
+
+/// Which sockets an operation reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every node, through the adapter (an admin's request).
+    Cluster,
+    /// This node only (each node's watcher handles its own sockets).
+    Local,
+}
+
+/// The cluster's sockets, whatever adapter carries operations between nodes.
+pub trait Fleet: Send + Sync + 'static {
+    /// Tells every socket of `user` in `scope` `notice`, then closes it.
+    /// Returns how many sockets there were.
+    fn disconnect_user<'a>(
+        &'a self,
+        user: &'a UserId,
+        notice: &'a Notice,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<usize, FleetError>>;
+}
+
+/// The adapter-backed fleet, with this node's registry as a safety net: a
+/// socket whose buffer was full refused the close; it is retried locally
+/// until it drains (a remote node's watcher does the same for its own).
+pub struct Cluster<A: Adapter> {
+    pub io: SocketIo<A>,
+    pub registry: Registry,
+}
+
+impl<A: Adapter> Fleet for Cluster<A> {
+    fn disconnect_user<'a>(
+        &'a self,
+        user: &'a UserId,
+        notice: &'a Notice,
+        scope: Scope,
+    ) -> BoxFuture<'a, Result<usize, FleetError>> {
+        Box::pin(async move {
+            let room = user.room();
+            let adapter = |e: &dyn std::fmt::Display| FleetError::Adapter(e.to_string());
+            let to = || match scope {
+                Scope::Cluster => self.io.to(room.clone()),
+                Scope::Local => self.io.local().to(room.clone()),
+            };
+            let count = to().fetch_sockets().await.map_err(|e| adapter(&e))?.len();
+            // Per-socket send errors (a full buffer) are left to the sweep below;
+            // only an adapter failure means other nodes were not reached.
+            let emitted = to().emit(notice.event, &notice.payload).await;
+            if let Err(socketioxide::BroadcastError::Adapter(e)) = &emitted {
+                return Err(adapter(e));
+            }
+            let closed = to().disconnect().await;
+            if let Err(socketioxide::BroadcastError::Adapter(e)) = &closed {
+                return Err(adapter(e));
+            }
+            let stuck: Vec<_> = self
+                .registry
+                .sockets_of_user(user)
+                .into_iter()
+                .filter(|s| s.connected())
+                .collect();
+            if !stuck.is_empty() {
+                tracing::warn!(user = %user, sockets = stuck.len(), "sockets with a full buffer: notice and close retried");
+                registry::notify_and_disconnect_all(stuck, notice.event, notice.payload.clone());
+            }
+            Ok(count)
+        })
+    }
+}
+
+/// Set once the Socket.IO layer is built (it needs the state the fleet
+/// lives in).
+pub type FleetCell = Arc<std::sync::OnceLock<Arc<dyn Fleet>>>;

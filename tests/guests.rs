@@ -1,0 +1,584 @@
+//! Soft-locked guests: the admin route, `guest:locked` before the close,
+//! refused reconnects and the watcher's safety net, through real
+//! rust_socketio clients on SQLite and PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::client::{self, Options, Transport};
+use common::process::Node;
+use common::{Backend, TestEnv};
+use entity::{app_user, guest, member, organization};
+use sea_orm::{ConnectionTrait, EntityTrait, Set};
+use serde_json::{Value, json};
+
+macro_rules! on_both_backends {
+    ($name:ident, $tweak:expr, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let env = TestEnv::start_with(Backend::Sqlite, $tweak).await.unwrap();
+                seed(&env).await;
+                ($body)(env).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(env) = TestEnv::start_with(Backend::Postgres(None), $tweak).await else {
+                    return;
+                };
+                seed(&env).await;
+                ($body)(env).await;
+            }
+        }
+    };
+}
+
+const ORG: i64 = 10;
+const OTHER_ORG: i64 = 11;
+const ADMIN: &str = "100";
+const OTHER_ADMIN: &str = "101";
+const MEMBER: &str = "102";
+const GUEST_USER: &str = "200";
+const GUEST: i64 = 20;
+/// Guests 1000.. with users g1000.., one per ordering trial.
+const TRIAL_GUESTS: i64 = 1000;
+
+fn defaults(_: &mut sockgate::config::Config) {}
+
+/// Waves of concurrent trials queue for connections on a small pool.
+fn patient_pool(c: &mut sockgate::config::Config) {
+    c.db_acquire_timeout_ms = 10_000;
+}
+
+/// Two organizations: ADMIN and MEMBER in ORG, OTHER_ADMIN admin of
+/// OTHER_ORG; GUEST_USER is guest GUEST of ORG.
+async fn seed(env: &TestEnv) {
+    let db = env.conn();
+    let now = chrono::Utc::now();
+    for id in [ADMIN, OTHER_ADMIN, MEMBER, GUEST_USER] {
+        app_user::Entity::insert(app_user::ActiveModel {
+            id: Set(id.into()),
+            username: Set(format!("user{id}")),
+            created_at: Set(now),
+        })
+        .exec_without_returning(db)
+        .await
+        .unwrap();
+    }
+    for (id, name) in [(ORG, "Acme"), (OTHER_ORG, "Other")] {
+        organization::Entity::insert(organization::ActiveModel {
+            id: Set(id),
+            name: Set(name.into()),
+            created_at: Set(now),
+        })
+        .exec_without_returning(db)
+        .await
+        .unwrap();
+    }
+    for (org, user, role) in [
+        (ORG, ADMIN, "admin"),
+        (ORG, MEMBER, "member"),
+        (OTHER_ORG, OTHER_ADMIN, "admin"),
+    ] {
+        member::Entity::insert(member::ActiveModel {
+            organization_id: Set(org),
+            user_id: Set(user.into()),
+            role: Set(role.into()),
+            ..Default::default()
+        })
+        .exec_without_returning(db)
+        .await
+        .unwrap();
+    }
+    add_guest(env, GUEST, GUEST_USER).await;
+}
+
+async fn add_guest(env: &TestEnv, id: i64, user: &str) {
+    let now = chrono::Utc::now();
+    app_user::Entity::insert(app_user::ActiveModel {
+        id: Set(user.into()),
+        username: Set(format!("guest {user}")),
+        created_at: Set(now),
+    })
+    .on_conflict_do_nothing_on([app_user::Column::Id])
+    .exec_without_returning(env.conn())
+    .await
+    .unwrap();
+    guest::Entity::insert(guest::ActiveModel {
+        id: Set(id),
+        user_id: Set(user.into()),
+        organization_id: Set(ORG),
+        soft_locked: Set(false),
+        locked_at: Set(None),
+        lock_reason: Set(None),
+        created_at: Set(now),
+    })
+    .exec_without_returning(env.conn())
+    .await
+    .unwrap();
+}
+
+/// POSTs the admin route as `as_user` (a fresh session), from the allowed
+/// origin unless told otherwise.
+async fn post_disconnect(
+    base: &str,
+    guest: &str,
+    cookie: Option<String>,
+    body: Option<Value>,
+    origin: Option<&str>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(format!("{base}/api/admin/guest/{guest}/disconnect"));
+    if let Some(cookie) = cookie {
+        req = req.header("Cookie", cookie);
+    }
+    if let Some(origin) = origin {
+        req = req.header("Origin", origin);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn cookie_of(env: &TestEnv, user: &str) -> String {
+    format!("connect.sid={}", env.mint(user).await.cookie_value)
+}
+
+async fn connect_as(env: &TestEnv, transport: Transport, cookie: &str) -> client::TestClient {
+    connect_to(&env.url(), transport, cookie).await
+}
+
+async fn connect_to(base: &str, transport: Transport, cookie: &str) -> client::TestClient {
+    let opts = Options {
+        cookie: Some(cookie.to_owned()),
+        ..Default::default()
+    };
+    client::connect(base, transport, opts).await
+}
+
+async fn guest_row(env: &TestEnv, id: i64) -> guest::Model {
+    guest::Entity::find_by_id(id)
+        .one(env.conn())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+on_both_backends!(
+    admin_route_refuses_precisely,
+    defaults,
+    |env: TestEnv| async move {
+        let guest = GUEST.to_string();
+        let (status, body) = post_disconnect(&env.url(), &guest, None, None, None).await;
+        assert_eq!(
+            (status, body),
+            (
+                401,
+                json!({"success": false, "error": "Authentication required"})
+            )
+        );
+        let forged = format!("connect.sid={}", env.cookie_value("not-a-session"));
+        assert_eq!(
+            post_disconnect(&env.url(), &guest, Some(forged), None, None)
+                .await
+                .0,
+            401
+        );
+        let tampered = cookie_of(&env, ADMIN).await.replace("s%3A", "s%3AX");
+        assert_eq!(
+            post_disconnect(&env.url(), &guest, Some(tampered), None, None)
+                .await
+                .0,
+            401
+        );
+
+        let admin = cookie_of(&env, ADMIN).await;
+        let (status, body) =
+            post_disconnect(&env.url(), "999", Some(admin.clone()), None, None).await;
+        assert_eq!(
+            (status, body),
+            (404, json!({"success": false, "error": "Guest not found"}))
+        );
+        assert_eq!(
+            post_disconnect(&env.url(), "x1", Some(admin.clone()), None, None)
+                .await
+                .0,
+            404
+        );
+
+        for not_admin in [MEMBER, OTHER_ADMIN, GUEST_USER] {
+            let (status, body) = post_disconnect(
+                &env.url(),
+                &guest,
+                Some(cookie_of(&env, not_admin).await),
+                None,
+                None,
+            )
+            .await;
+            assert_eq!(
+                (status, body),
+                (403, json!({"success": false, "error": "Forbidden"})),
+                "user {not_admin}"
+            );
+        }
+        let (status, _) = post_disconnect(
+            &env.url(),
+            &guest,
+            Some(admin.clone()),
+            Some(json!({"reason": "x".repeat(501)})),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400);
+        // A cross-site form post carries the admin's cookie but not an allowed Origin.
+        let (status, body) = post_disconnect(
+            &env.url(),
+            &guest,
+            Some(admin.clone()),
+            None,
+            Some("https://evil.test"),
+        )
+        .await;
+        assert_eq!(
+            (status, body),
+            (403, Value::String("Origin not allowed".into()))
+        );
+
+        assert!(
+            !guest_row(&env, GUEST).await.soft_locked,
+            "no refusal locked the guest"
+        );
+        assert!(env.audit_rows("guest.disconnected", 0).await.is_empty());
+    }
+);
+
+on_both_backends!(
+    locked_guest_is_told_then_disconnected_everywhere_and_cannot_return,
+    defaults,
+    |env: TestEnv| async move {
+        let guest_cookie = cookie_of(&env, GUEST_USER).await;
+        let mut clients = Vec::new();
+        for transport in Transport::ALL {
+            for _ in 0..2 {
+                let mut c = connect_as(&env, transport, &guest_cookie).await;
+                c.outcome().await.unwrap();
+                clients.push(c);
+            }
+        }
+        // Another user's socket is not touched.
+        let mut bystander =
+            connect_as(&env, Transport::Websocket, &cookie_of(&env, MEMBER).await).await;
+        bystander.outcome().await.unwrap();
+
+        let admin = cookie_of(&env, ADMIN).await;
+        let body = json!({"reason": "  Your contract has ended  "});
+        let (status, answer) = post_disconnect(
+            &env.url(),
+            &GUEST.to_string(),
+            Some(admin.clone()),
+            Some(body),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, answer),
+            (200, json!({"success": true, "disconnected": 4}))
+        );
+        for c in &mut clients {
+            let payload = c.expect_event_then_closed("guest:locked").await;
+            assert_eq!(
+                payload,
+                json!({"reason": "soft_locked", "message": "Your contract has ended"})
+            );
+        }
+        assert_eq!(bystander.whoami().await["userId"], MEMBER);
+
+        let row = guest_row(&env, GUEST).await;
+        assert!(row.soft_locked && row.locked_at.is_some());
+        assert_eq!(row.lock_reason.as_deref(), Some("Your contract has ended"));
+        let audit = env.audit_rows("guest.disconnected", 1).await;
+        assert_eq!(audit.len(), 1);
+        assert_eq!(
+            audit[0].user_id.as_deref(),
+            Some(ADMIN),
+            "audited with the admin's user id"
+        );
+        assert_eq!(audit[0].details.as_ref().unwrap()["disconnected"], 4);
+        assert_eq!(
+            audit[0].details.as_ref().unwrap()["guest_user_id"],
+            GUEST_USER
+        );
+
+        // The same session, a new session, either transport: refused.
+        for transport in Transport::ALL {
+            connect_as(&env, transport, &guest_cookie)
+                .await
+                .expect_refused("Guest access revoked")
+                .await;
+            connect_as(&env, transport, &cookie_of(&env, GUEST_USER).await)
+                .await
+                .expect_refused("Guest access revoked")
+                .await;
+        }
+        let refused = env.audit_rows("socket.auth_failed", 4).await;
+        assert!(
+            refused
+                .iter()
+                .all(|r| r.reason.as_deref() == Some("guest access soft-locked")
+                    && r.user_id.as_deref() == Some(GUEST_USER))
+        );
+
+        // Idempotent: the first lock's reason stays, nothing left to disconnect.
+        let (status, answer) = post_disconnect(
+            &env.url(),
+            &GUEST.to_string(),
+            Some(admin),
+            Some(json!({"reason": "again"})),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, answer),
+            (200, json!({"success": true, "disconnected": 0}))
+        );
+        assert_eq!(
+            guest_row(&env, GUEST).await.lock_reason.as_deref(),
+            Some("Your contract has ended")
+        );
+    }
+);
+
+on_both_backends!(
+    default_reason_and_guest_whose_passport_user_is_an_object,
+    defaults,
+    |env: TestEnv| async move {
+        // passport may serialize the user as an object with an id.
+        env.write_session(
+            "object-user",
+            &json!({"cookie": {}, "passport": {"user": {"id": GUEST_USER, "name": "G"}}}),
+            common::now_secs() + 3600,
+        )
+        .await;
+        let cookie = format!("connect.sid={}", env.cookie_value("object-user"));
+        let mut c = connect_as(&env, Transport::Polling, &cookie).await;
+        c.outcome().await.unwrap();
+        let (status, answer) = post_disconnect(
+            &env.url(),
+            &GUEST.to_string(),
+            Some(cookie_of(&env, ADMIN).await),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, answer),
+            (200, json!({"success": true, "disconnected": 1}))
+        );
+        let payload = c.expect_event_then_closed("guest:locked").await;
+        assert_eq!(
+            payload["message"],
+            "Your guest access has been revoked by an admin"
+        );
+        connect_as(&env, Transport::Websocket, &cookie)
+            .await
+            .expect_refused("Guest access revoked")
+            .await;
+    }
+);
+
+on_both_backends!(
+    a_guest_locked_behind_the_servers_back_is_found_by_the_watcher,
+    |c: &mut sockgate::config::Config| c.session_check_interval = Duration::from_millis(300),
+    |env: TestEnv| async move {
+        let mut c = connect_as(
+            &env,
+            Transport::Websocket,
+            &cookie_of(&env, GUEST_USER).await,
+        )
+        .await;
+        c.outcome().await.unwrap();
+        // Locked by another node, or by SQL, without this node hearing of it.
+        env.conn()
+            .execute_unprepared(&format!(
+                "UPDATE guest SET soft_locked = true, lock_reason = 'Locked elsewhere' WHERE id = {GUEST}"
+            ))
+            .await
+            .unwrap();
+        let payload = c.expect_event_then_closed("guest:locked").await;
+        assert_eq!(
+            payload,
+            json!({"reason": "soft_locked", "message": "Locked elsewhere"})
+        );
+        let rows = env.audit_rows("socket.guest_locked", 1).await;
+        assert_eq!(rows[0].user_id.as_deref(), Some(GUEST_USER));
+    }
+);
+
+/// `guest:locked` must arrive before the close every time, with no sleep
+/// anywhere: trials run in concurrent waves, each locking a fresh guest
+/// through the admin route while its client is connected.
+async fn ordering_trials(env: &TestEnv, transport: Transport, first_guest: i64, trials: i64) {
+    let admin = cookie_of(env, ADMIN).await;
+    let ids: Vec<i64> = (first_guest..first_guest + trials).collect();
+    let now = chrono::Utc::now();
+    for chunk in ids.chunks(200) {
+        app_user::Entity::insert_many(chunk.iter().map(|id| app_user::ActiveModel {
+            id: Set(format!("g{id}")),
+            username: Set(format!("guest {id}")),
+            created_at: Set(now),
+        }))
+        .exec_without_returning(env.conn())
+        .await
+        .unwrap();
+        guest::Entity::insert_many(chunk.iter().map(|&id| guest::ActiveModel {
+            id: Set(id),
+            user_id: Set(format!("g{id}")),
+            organization_id: Set(ORG),
+            soft_locked: Set(false),
+            locked_at: Set(None),
+            lock_reason: Set(None),
+            created_at: Set(now),
+        }))
+        .exec_without_returning(env.conn())
+        .await
+        .unwrap();
+    }
+    for wave in ids.chunks(20) {
+        let mut cookies = Vec::new();
+        for &id in wave {
+            cookies.push((id, cookie_of(env, &format!("g{id}")).await));
+        }
+        let runs = cookies.into_iter().map(|(id, cookie)| {
+            let admin = admin.clone();
+            async move {
+                let mut c = connect_as(env, transport, &cookie).await;
+                c.outcome()
+                    .await
+                    .unwrap_or_else(|e| panic!("trial {id}: {e}"));
+                let (status, answer) =
+                    post_disconnect(&env.url(), &id.to_string(), Some(admin), None, None).await;
+                assert_eq!(
+                    (status, answer),
+                    (200, json!({"success": true, "disconnected": 1})),
+                    "trial {id}"
+                );
+                c.expect_event_then_closed("guest:locked").await;
+            }
+        });
+        futures_util::future::join_all(runs).await;
+    }
+}
+
+fn trials() -> i64 {
+    std::env::var("SOCKGATE_ORDERING_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+on_both_backends!(
+    guest_locked_always_arrives_before_the_close,
+    patient_pool,
+    |env: TestEnv| async move {
+        let n = trials();
+        let started = std::time::Instant::now();
+        ordering_trials(&env, Transport::Polling, TRIAL_GUESTS, n).await;
+        eprintln!("{n} trials over polling in {:?}", started.elapsed());
+        let started = std::time::Instant::now();
+        ordering_trials(&env, Transport::Websocket, TRIAL_GUESTS + n, n).await;
+        eprintln!("{n} trials over websocket in {:?}", started.elapsed());
+    }
+);
+
+/// Two sockgate processes sharing one PostgreSQL database, joined by the
+/// given adapter: a lock requested on node A reaches the guest on node B.
+async fn two_nodes(adapter: &[(&str, &str)]) {
+    // The in-process server only prepares the database; it stays out of the cluster.
+    let Some(env) = TestEnv::start_with(Backend::Postgres(None), |c| {
+        c.adapter = sockgate::config::AdapterKind::Local
+    })
+    .await
+    else {
+        return;
+    };
+    seed(&env).await;
+    let secrets = format!("{},{}", common::SECRET, common::OLD_SECRET);
+    let mut vars = vec![
+        ("DATABASE_URL", env.db.url.as_str()),
+        ("SESSION_SECRET", secrets.as_str()),
+    ];
+    vars.extend_from_slice(adapter);
+    let a = Node::start(&vars).await;
+    let b = Node::start(&vars).await;
+
+    let guest_cookie = cookie_of(&env, GUEST_USER).await;
+    let mut clients = Vec::new();
+    for (node, transport) in [
+        (&b, Transport::Polling),
+        (&b, Transport::Websocket),
+        (&b, Transport::Websocket),
+        (&a, Transport::Polling),
+    ] {
+        let mut c = connect_to(&node.url(), transport, &guest_cookie).await;
+        c.outcome().await.unwrap();
+        clients.push(c);
+    }
+    let (status, answer) = post_disconnect(
+        &a.url(),
+        &GUEST.to_string(),
+        Some(cookie_of(&env, ADMIN).await),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, answer),
+        (200, json!({"success": true, "disconnected": 4})),
+        "counted on both nodes"
+    );
+    for c in &mut clients {
+        c.expect_event_then_closed("guest:locked").await;
+    }
+    for node in [&a, &b] {
+        connect_to(&node.url(), Transport::Websocket, &guest_cookie)
+            .await
+            .expect_refused("Guest access revoked")
+            .await;
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_on_one_node_reaches_the_other_through_the_postgres_adapter() {
+    two_nodes(&[("ADAPTER", "postgres")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_on_one_node_reaches_the_other_through_the_redis_adapter() {
+    let url = std::env::var("SOCKGATE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let reachable =
+        tokio::net::TcpStream::connect(url.trim_start_matches("redis://").trim_end_matches('/'))
+            .await
+            .is_ok();
+    if !reachable {
+        assert!(
+            std::env::var("SOCKGATE_REQUIRE_REDIS").is_err(),
+            "Redis required but not reachable at {url}"
+        );
+        common::pg::loud(&format!(
+            "SKIPPED: the Redis adapter test (no Redis at {url}; set SOCKGATE_TEST_REDIS_URL)"
+        ));
+        return;
+    }
+    two_nodes(&[("ADAPTER", "redis"), ("REDIS_URL", url.as_str())]).await;
+}
