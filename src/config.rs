@@ -113,6 +113,11 @@ pub struct Config {
 
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// Folder of the browser client served at `/` (default: the crate's
+    /// `web/` on SQLite; on PostgreSQL nothing is served unless this is set).
+    #[arg(long, env = "WEB_DIR", global = true)]
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

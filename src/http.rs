@@ -15,6 +15,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::web::routes(&state))
         .layer(socket_layer)
         .layer(crate::origin_guard::cors(state.allowlist.clone()))
         .layer(axum::middleware::from_fn_with_state(

@@ -20,3 +20,4 @@ pub mod signature;
 pub mod socket;
 pub mod telemetry;
 pub mod watcher;
+pub mod web;
