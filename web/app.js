@@ -16,6 +16,7 @@
   var statusEl = document.getElementById('status');
   var noticeEl = document.getElementById('notice');
   var ended = false; // the server ended this page's session: no reconnecting
+  var connected = false; // a namespace connection is (or was just) up
 
   function setStatus(text, kind) {
     statusEl.textContent = text;
@@ -71,6 +72,7 @@
   var socket = io({ withCredentials: true });
 
   socket.on('connect', function () {
+    connected = true;
     noticeEl.hidden = true;
     setStatus('Connected, asking who I am…');
     socket.timeout(5000).emit('whoami', function (err, me) {
@@ -99,9 +101,10 @@
       goHomeWith('Your guest access has been revoked.');
       return;
     }
-    // A transport error ("xhr poll error", "websocket error": what a 403
-    // from the origin allowlist looks like to the client), or the server
-    // failing closed ("Service unavailable"). Visible, no redirect.
+    // A transport error ("xhr poll error", "xhr post error", "websocket
+    // error": what a 403 from the origin allowlist looks like to the
+    // client), or the server failing closed ("Service unavailable").
+    // Visible, no redirect.
     var detail = typeof err.description === 'number' ? ', HTTP ' + err.description : '';
     setStatus('Not connected', 'error');
     showNotice('Connection refused: the server did not accept this connection (' +
@@ -129,7 +132,11 @@
   });
 
   socket.on('disconnect', function (reason) {
-    if (ended) return;
+    // A transport that closes before the namespace connected already
+    // showed its connect_error: keep that on screen.
+    var was = connected;
+    connected = false;
+    if (ended || !was) return;
     setStatus('Disconnected (' + reason + '), reconnecting…', 'error');
   });
 })();
