@@ -19,3 +19,8 @@ mint user="1":
 # Regenerate the npm interop vectors.
 vectors:
     cd fixtures && npm ci && npm run generate
+
+# The browser end-to-end test (system Chromium; see README).
+e2e:
+    npm --prefix e2e ci
+    npm --prefix e2e test

@@ -124,6 +124,11 @@ pub struct Config {
     /// Redis for `ADAPTER=redis`, e.g. `redis://127.0.0.1:6379`.
     #[arg(long, env = "REDIS_URL", global = true)]
     pub redis_url: Option<String>,
+
+    /// Folder of the browser client served at `/` (default: the crate's
+    /// `web/` on SQLite; on PostgreSQL nothing is served unless this is set).
+    #[arg(long, env = "WEB_DIR", global = true)]
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 /// The Redis adapter's driver needs RESP3 (push messages); a URL that does

@@ -24,7 +24,8 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
         .route(
             "/api/admin/guest/{guest_id}/disconnect",
             post(crate::admin::disconnect_guest),
-        );
+        )
+        .merge(crate::web::routes(&state));
     let kind = state.config.adapter()?;
     let routes = match kind {
         AdapterKind::Local | AdapterKind::Auto => {

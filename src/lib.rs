@@ -23,3 +23,4 @@ pub mod signature;
 pub mod socket;
 pub mod telemetry;
 pub mod watcher;
+pub mod web;
