@@ -25,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve,
+    /// Benchmarks only: the bare Socket.IO stack with authentication off.
+    #[command(hide = true)]
+    UnauthenticatedCeiling,
     /// Create or update sockgate's own tables (never the session table).
     Migrate {
         /// Also install the trigger that NOTIFYs when a session row is
@@ -65,6 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let running = server::spawn(config).await?;
             running.wait_for_ctrl_c().await
         }
+        Command::UnauthenticatedCeiling => crate::ceiling::serve(config.listen).await,
         Command::Migrate {
             revocation_trigger,
             remove_revocation_trigger,

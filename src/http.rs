@@ -62,6 +62,7 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
     };
     tracing::info!(adapter = ?kind, "Socket.IO adapter");
     Ok(routes
+        .layer(axum::middleware::from_fn(socket::detach_request_buffers))
         .layer(crate::origin_guard::cors(state.allowlist.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

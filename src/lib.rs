@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod ceiling;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -456,3 +456,26 @@ async fn sqlite_store_unreachable_fails_closed() {
     .await;
     c.expect_refused("Service unavailable").await;
 }
+
+// socketioxide spawns the connect handler after the CONNECT packet is sent;
+// a client that emits the moment it is connected must still be heard.
+on_both_backends!(
+    an_event_sent_the_moment_the_client_is_connected_is_answered,
+    |env: TestEnv| async move {
+        let minted = env.mint("43").await;
+        for transport in Transport::ALL {
+            for trial in 0..25 {
+                let mut c =
+                    client::connect(&env.url(), transport, cookie(&env, &minted.cookie_value))
+                        .await;
+                c.outcome().await.unwrap();
+                assert_eq!(
+                    c.whoami().await["userId"],
+                    "43",
+                    "{transport:?}, trial {trial}"
+                );
+                c.disconnect().await;
+            }
+        }
+    }
+);

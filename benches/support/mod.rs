@@ -109,6 +109,15 @@ pub struct Server {
 
 impl Server {
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Server {
+        Self::start_with_args(database_url, &[], env).await
+    }
+
+    /// The binary with a subcommand (e.g. the hidden ceiling server).
+    pub async fn start_with_args(
+        database_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -116,7 +125,8 @@ impl Server {
             .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sockgate"));
-        cmd.env("DATABASE_URL", database_url)
+        cmd.args(args)
+            .env("DATABASE_URL", database_url)
             .env("SESSION_SECRET", SECRET)
             .env("LISTEN_ADDR", addr.to_string())
             .env("RUST_LOG", "warn")
@@ -252,6 +262,71 @@ pub async fn handshake(addr: &SocketAddr, cookie: &str) -> Result<Ws, HandshakeE
             )));
         }
     }
+}
+
+/// One authenticated Socket.IO connection over HTTP long-polling: the
+/// handshake GET (which carries the cookie the server authenticates), the
+/// namespace CONNECT by POST, and the answer on the next GET. Returns the
+/// engine.io session id.
+pub async fn polling_handshake(
+    client: &reqwest::Client,
+    addr: &SocketAddr,
+    cookie: &str,
+) -> Result<String, HandshakeError> {
+    let base = format!("http://{addr}/socket.io/?EIO=4&transport=polling");
+    let t = |e: reqwest::Error| HandshakeError::Transport(e.to_string());
+    let cookie = format!("connect.sid={cookie}");
+    let open = client
+        .get(&base)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .map_err(t)?;
+    let open = open.text().await.map_err(t)?;
+    let sid = open
+        .strip_prefix('0')
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .and_then(|v| v["sid"].as_str().map(str::to_owned))
+        .ok_or_else(|| HandshakeError::Transport(format!("no open packet: {open}")))?;
+    let url = format!("{base}&sid={sid}");
+    client
+        .post(&url)
+        .header("cookie", &cookie)
+        .body("40")
+        .send()
+        .await
+        .map_err(t)?;
+    // The answer may follow a ping (engine.io pings a polling session as
+    // soon as it opens): keep polling, answering pings, as a client does.
+    for _ in 0..5 {
+        let reply = client
+            .get(&url)
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .map_err(t)?;
+        let reply = reply.text().await.map_err(t)?;
+        for packet in reply.split('\u{1e}') {
+            if packet.starts_with("40") {
+                return Ok(sid);
+            }
+            if packet.starts_with("44") {
+                return Err(HandshakeError::Refused(packet.to_owned()));
+            }
+            if packet == "2" {
+                client.post(&url).body("3").send().await.map_err(t)?;
+            }
+        }
+    }
+    Err(HandshakeError::Transport(
+        "no answer to CONNECT after 5 polls".into(),
+    ))
+}
+
+/// Ends a long-polling session (engine.io close packet).
+pub async fn polling_close(client: &reqwest::Client, addr: &SocketAddr, sid: &str) {
+    let url = format!("http://{addr}/socket.io/?EIO=4&transport=polling&sid={sid}");
+    let _ = client.post(&url).body("1").send().await;
 }
 
 /// Keeps a socket alive: answers pings until the server closes it.
