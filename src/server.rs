@@ -218,11 +218,17 @@ pub async fn mint_session(
     store.upsert(&sid, &sess, expire).await?;
     let signed = format!("s:{}", config.secrets()?.sign(&sid));
     Ok(Minted {
-        cookie_value: percent_encoding::utf8_percent_encode(&signed, COOKIE_ENCODE).to_string(),
+        cookie_value: cookie_value(&signed),
         signed,
         sid,
         expires_at: Utc.timestamp_opt(expire, 0).single().unwrap_or_default(),
     })
+}
+
+/// A signed value (`s:<sid>.<signature>`) URL-encoded as express-session
+/// puts it in the cookie.
+pub fn cookie_value(signed: &str) -> String {
+    percent_encoding::utf8_percent_encode(signed, COOKIE_ENCODE).to_string()
 }
 
 /// `encodeURIComponent`'s set, which express-session's cookie serializer
