@@ -226,6 +226,16 @@ fn attach<A: Adapter>(s: &SocketRef<A>, state: &AppState, session: &SocketSessio
     state.metrics.live_sockets.inc();
 
     s.on("whoami", async |s: SocketRef<A>, ack: AckSender<A>| {
+        // Registered before CONNECT, this can run in the moment between
+        // socketioxide sending CONNECT and marking the socket connected,
+        // while `emit` still refuses. Wait that out (microseconds; a socket
+        // that is really gone gives up after 100 ms).
+        for _ in 0..100 {
+            if s.connected() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         if let Some(session) = s.extensions.get::<SocketSession>() {
             let me = WhoAmI {
                 user_id: session.user_id.as_str(),
