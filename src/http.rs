@@ -35,9 +35,16 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
         }
         AdapterKind::Postgres => {
             let pool = crate::db::adapter_pool(&state.config)?;
-            let ctr = socketioxide_postgres::PostgresAdapterCtr::new_with_sqlx(pool);
-            let (layer, io) =
-                socket::layer::<socketioxide_postgres::SqlxAdapter<Emitter>>(&state, ctr);
+            let ctr = socketioxide_postgres::PostgresAdapterCtr::new_with_driver(
+                crate::pg_adapter::ListenDriver::new(pool),
+                Default::default(),
+            );
+            let (layer, io) = socket::layer::<
+                socketioxide_postgres::CustomPostgresAdapter<
+                    Emitter,
+                    crate::pg_adapter::ListenDriver,
+                >,
+            >(&state, ctr);
             socket::register(&io)
                 .await
                 .context("starting the PostgreSQL adapter")?;

@@ -15,6 +15,7 @@ pub mod http;
 pub mod metrics;
 pub mod origin;
 pub mod origin_guard;
+pub mod pg_adapter;
 pub mod registry;
 pub mod revocation;
 pub mod server;

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ConnectInfo;
 use chrono::Utc;
@@ -134,13 +135,18 @@ async fn authenticate<A: Adapter>(
             state.audit.record(event);
             state.metrics.handshake("authenticated");
             tracing::info!(socket = %s.id, user = %ok.user_id, session = %session::fingerprint(&ok.sid), source = ok.source.as_str(), "socket authenticated");
-            let session = SocketSession {
+            s.extensions.insert(SocketSession {
                 user_id: ok.user_id,
                 sid: ok.sid,
                 authenticated: true,
-            };
-            attach(&s, &state, &session);
-            s.extensions.insert(session);
+            });
+            // Before CONNECT goes out, so a guest lock aimed at the room in
+            // that instant reaches this socket; a handshake that fails
+            // after this leaves its rooms with it.
+            if let Some(session) = s.extensions.get::<SocketSession>() {
+                s.join(session.user_id.room());
+            }
+            register_events(&s);
             Ok(())
         }
         Err((err, sid)) => {
@@ -207,71 +213,104 @@ fn is_error(reason: DisconnectReason) -> bool {
     )
 }
 
-/// The connect handler proper: socketioxide spawns it *after* the CONNECT
-/// packet has gone out, so anything a client could race (its first event, a
-/// lock or revocation aimed at its room) is set up in [`attach`], from the
-/// middleware, before the client hears it is connected.
-async fn on_connect<A: Adapter>(s: SocketRef<A>) {
-    tracing::trace!(socket = %s.id, "socket connected");
+/// The events an authenticated socket answers. Registered by the connect
+/// middleware, before CONNECT is sent: socketioxide runs the connect handler
+/// in a task of its own after sending it, and a client that emits as soon as
+/// it reads CONNECT (socket.io-client flushes its buffer right then) would
+/// otherwise race that task, and an event with no handler yet is dropped.
+fn register_events<A: Adapter>(s: &SocketRef<A>) {
+    s.on(
+        "whoami",
+        async |s: SocketRef<A>, io: SocketIo<A>, ack: AckSender<A>| {
+            // Registered before CONNECT, this can run in the moment between
+            // socketioxide sending CONNECT and marking the socket connected,
+            // while `emit` still refuses it. Wait that out (microseconds)
+            // while the socket is in the namespace (a refused or closed one
+            // leaves it).
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !s.connected()
+                && io.get_socket(s.id).is_some()
+                && tokio::time::Instant::now() < until
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            if let Some(session) = s.extensions.get::<SocketSession>() {
+                let me = WhoAmI {
+                    user_id: session.user_id.as_str(),
+                    session_id: &session.sid,
+                    authenticated: session.authenticated,
+                };
+                if let Err(e) = s.emit("whoami", &me) {
+                    tracing::warn!(socket = %s.id, error = %e, "socket error: could not answer whoami");
+                }
+                let _ = ack.send(&me);
+            }
+        },
+    );
 }
 
-/// Joins the user's room, registers the socket with the watcher and its
-/// event handlers: all before the CONNECT packet, so a client that emits at
-/// once is heard and a guest lock in that instant reaches it.
-fn attach<A: Adapter>(s: &SocketRef<A>, state: &AppState, session: &SocketSession) {
-    s.join(session.user_id.room());
+/// Set once a socket has been counted out (registry, gauge, log, audit):
+/// its disconnect handler and the closed-in-the-handshake check in
+/// [`on_connect`] may both get there.
+#[derive(Clone)]
+struct CountedOut(Arc<AtomicBool>);
+
+async fn on_connect<A: Adapter>(s: SocketRef<A>, io: SocketIo<A>, State(state): State<AppState>) {
+    let Some(session) = s.extensions.get::<SocketSession>() else {
+        // Unreachable: the middleware inserts it before any handler runs.
+        tracing::error!(socket = %s.id, "socket without a session reached the handler");
+        let _ = s.disconnect();
+        return;
+    };
+    s.extensions
+        .insert(CountedOut(Arc::new(AtomicBool::new(false))));
     state
         .registry
         .add(&session.sid, &session.user_id, Arc::new(s.clone()));
     state.metrics.live_sockets.inc();
 
-    s.on("whoami", async |s: SocketRef<A>, ack: AckSender<A>| {
-        // Registered before CONNECT, this can run in the moment between
-        // socketioxide sending CONNECT and marking the socket connected,
-        // while `emit` still refuses. Wait that out (microseconds; a socket
-        // that is really gone gives up after 100 ms).
-        for _ in 0..100 {
-            if s.connected() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-        if let Some(session) = s.extensions.get::<SocketSession>() {
-            let me = WhoAmI {
-                user_id: session.user_id.as_str(),
-                session_id: &session.sid,
-                authenticated: session.authenticated,
-            };
-            if let Err(e) = s.emit("whoami", &me) {
-                tracing::warn!(socket = %s.id, error = %e, "socket error: could not answer whoami");
-            }
-            let _ = ack.send(&me);
-        }
-    });
-
     s.on_disconnect(
         async |s: SocketRef<A>, reason: DisconnectReason, State(state): State<AppState>| {
-            let Some(session) = s.extensions.get::<SocketSession>() else {
-                return;
-            };
-            state.registry.remove(&session.sid, &s.id.to_string());
-            state.metrics.live_sockets.dec();
-            let fingerprint = session::fingerprint(&session.sid);
-            if is_error(reason) {
-                tracing::warn!(socket = %s.id, user = %session.user_id, session = %fingerprint, error = %reason, "socket error");
-            }
-            tracing::info!(socket = %s.id, user = %session.user_id, session = %fingerprint, %reason, "socket disconnected");
-            let mut event = AuditEvent::new(audit::action::DISCONNECTED, Severity::Info);
-            event.socket_id = Some(s.id.to_string());
-            event.user_id = Some(session.user_id.to_string());
-            event.session_ref = Some(fingerprint);
-            event.reason = Some(reason.to_string());
-            event.client_ip = client_ip(&s);
-            state.audit.record(event);
+            count_out(&s, &state, &reason.to_string(), is_error(reason));
         },
     );
+
+    // socketioxide runs this handler in a task of its own once the socket
+    // is in the namespace. A client that vanished in between was closed
+    // with no disconnect handler to call and taken out of the namespace:
+    // nothing else would ever take it out of the registry and the gauge.
+    if io.get_socket(s.id).is_none() {
+        s.leave_all();
+        count_out(&s, &state, "transport closed during the handshake", false);
+    }
 }
 
+/// Forgets a socket that is gone: registry, live gauge, log, audit; once.
+fn count_out<A: Adapter>(s: &SocketRef<A>, state: &AppState, reason: &str, error: bool) {
+    let Some(session) = s.extensions.get::<SocketSession>() else {
+        return;
+    };
+    if s.extensions
+        .get::<CountedOut>()
+        .is_some_and(|done| done.0.swap(true, Ordering::SeqCst))
+    {
+        return;
+    }
+    state.registry.remove(&session.sid, &s.id.to_string());
+    state.metrics.live_sockets.dec();
+    let fingerprint = session::fingerprint(&session.sid);
+    if error {
+        tracing::warn!(socket = %s.id, user = %session.user_id, session = %fingerprint, error = %reason, "socket error");
+    }
+    tracing::info!(socket = %s.id, user = %session.user_id, session = %fingerprint, %reason, "socket disconnected");
+    let mut event = AuditEvent::new(audit::action::DISCONNECTED, Severity::Info);
+    event.socket_id = Some(s.id.to_string());
+    event.user_id = Some(session.user_id.to_string());
+    event.session_ref = Some(fingerprint);
+    event.reason = Some(reason.to_owned());
+    event.client_ip = client_ip(s);
+    state.audit.record(event);
+}
 /// Engine.io keeps a socket's handshake request (`req_parts`) for the
 /// socket's whole life, and hyper's header values and URI are slices of the
 /// connection's 16 KiB read buffer: keeping them keeps the buffer. Copying

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod pg;
 pub mod process;
+pub mod wire;
 
 use std::time::Duration;
 
@@ -84,8 +85,19 @@ impl TestDb {
         }
     }
 
+    /// A PostgreSQL database the test does not own (on a test's own
+    /// cluster, which goes away with it): nothing is dropped.
+    pub fn existing_postgres(url: String) -> TestDb {
+        TestDb {
+            url,
+            backend: Backend::Postgres(None),
+            _dir: None,
+            pg: None,
+        }
+    }
+
     pub fn is_postgres(&self) -> bool {
-        self.pg.is_some()
+        matches!(self.backend, Backend::Postgres(_))
     }
 }
 
@@ -150,17 +162,50 @@ impl TestEnv {
 
     pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestEnv> {
         let db = TestDb::create(backend).await?;
+        Some(Self::start_on(db, tweak).await)
+    }
+
+    /// A server over `db` (prepared as the Node app and `sockgate migrate`
+    /// would on PostgreSQL).
+    pub async fn start_on(db: TestDb, tweak: impl FnOnce(&mut Config)) -> TestEnv {
         let mut config = test_config(&db);
         tweak(&mut config);
         if db.is_postgres() {
             prepare_postgres(&config).await;
         }
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let server = Self::serve(&config, listener).await;
+        TestEnv { db, config, server }
+    }
+
+    async fn serve(config: &Config, listener: tokio::net::TcpListener) -> RunningServer {
         let state = server::prepare(config.clone())
             .await
             .expect("server prepares");
-        let server = server::serve(listener, state).await.unwrap();
-        Some(TestEnv { db, config, server })
+        server::serve(listener, state).await.unwrap()
+    }
+
+    /// Stops the server (graceful shutdown) and starts a new one, same
+    /// configuration, on the same address, as a process restart would.
+    pub async fn restart(self) -> TestEnv {
+        let TestEnv { db, config, server } = self;
+        let addr = server.local_addr;
+        let old_db = server.state.db.clone();
+        server.shutdown().await;
+        // The old pool would otherwise hold its connections until dropped.
+        let _ = old_db.close_by_ref().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("rebinding {addr}: {e}"),
+            }
+        };
+        let server = Self::serve(&config, listener).await;
+        TestEnv { db, config, server }
     }
 
     pub fn url(&self) -> String {

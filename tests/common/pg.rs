@@ -120,6 +120,55 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The cluster's data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Fast shutdown (SIGINT to the postmaster, as `pg_ctl stop -m fast`):
+    /// open connections are terminated. Returns once the port refuses
+    /// connections and the postmaster has exited.
+    pub fn stop(&self) -> Result<(), String> {
+        let pidfile = self.data().join("postmaster.pid");
+        let text = std::fs::read_to_string(&pidfile)
+            .map_err(|e| format!("reading {}: {e}", pidfile.display()))?;
+        let pid: libc::pid_t = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| format!("no pid in {}", pidfile.display()))?;
+        if unsafe { libc::kill(pid, libc::SIGINT) } != 0 {
+            return Err(format!(
+                "signalling postmaster {pid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        loop {
+            let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+            // The postmaster removes its pid file last; a restart before
+            // that would find the lock taken.
+            let exited = !pidfile.exists() || unsafe { libc::kill(pid, 0) } != 0;
+            if refused && exited {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("postmaster {pid} did not stop within 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same port and data directory, and
+    /// waits until it accepts connections.
+    pub fn restart(&self) -> Result<(), String> {
+        let postgres = pg_bin("postgres").ok_or("postgres binary not found")?;
+        self.spawn_server(&postgres, &self.data(), run_as())?;
+        self.wait_ready(Duration::from_secs(30))
+    }
+
     pub fn start() -> Result<Cluster, String> {
         let initdb = pg_bin("initdb").ok_or("initdb not found")?;
         let postgres = pg_bin("postgres").ok_or("postgres binary not found")?;
@@ -235,5 +284,44 @@ impl Cluster {
         })
         .join()
         .map_err(|_| "readiness check panicked".to_owned())?
+    }
+}
+
+/// A cluster of a test's own (never the shared server), stopped and removed
+/// when dropped. `None` when initdb/postgres are missing or fail (said
+/// loudly); with SOCKGATE_REQUIRE_PG=1 that is a failure instead.
+pub struct OwnCluster(pub Cluster);
+
+impl OwnCluster {
+    pub fn start() -> Option<OwnCluster> {
+        match Cluster::start() {
+            Ok(cluster) => Some(OwnCluster(cluster)),
+            Err(why) => {
+                assert!(
+                    !require_pg(),
+                    "SOCKGATE_REQUIRE_PG=1 but no throwaway PostgreSQL cluster could be started: {why}"
+                );
+                loud(&format!(
+                    "cannot start a throwaway PostgreSQL cluster: {why}"
+                ));
+                None
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for OwnCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        if self.data().join("postmaster.pid").exists() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
