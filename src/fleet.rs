@@ -82,13 +82,21 @@ impl<A: Adapter> Fleet for Cluster<A> {
             if let Err(socketioxide::BroadcastError::Adapter(e)) = &closed {
                 return Err(adapter(e));
             }
-            let stuck: Vec<_> = self
-                .registry
-                .sockets_of_user(user)
-                .into_iter()
-                .filter(|s| s.connected())
-                .collect();
-            if !stuck.is_empty() {
+            // Only a socket whose buffer was full missed the notice or the
+            // close; retry those on this node. (A blanket sweep of "still
+            // connected" sockets would tell some twice: the adapter may still
+            // be closing them when its future returns.)
+            let buffer_full = |r: &Result<(), socketioxide::BroadcastError>| {
+                matches!(r, Err(socketioxide::BroadcastError::Socket(errors))
+                    if errors.iter().any(|e| matches!(e, socketioxide::SocketError::InternalChannelFull)))
+            };
+            if buffer_full(&emitted) || buffer_full(&closed) {
+                let stuck: Vec<_> = self
+                    .registry
+                    .sockets_of_user(user)
+                    .into_iter()
+                    .filter(|s| s.connected())
+                    .collect();
                 tracing::warn!(user = %user, sockets = stuck.len(), "sockets with a full buffer: notice and close retried");
                 registry::notify_and_disconnect_all(stuck, notice.event, notice.payload.clone());
             }
