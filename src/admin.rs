@@ -99,12 +99,7 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Body, AdminError> {
 
 /// The caller, from their session cookie only.
 async fn caller(state: &AppState, headers: &HeaderMap) -> Result<UserId, AdminError> {
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|v| crate::session_id::header_to_string(v.as_bytes()))
-        .collect::<Vec<_>>();
-    let cookie = (!cookie.is_empty()).then(|| cookie.join("; "));
+    let cookie = crate::session_id::cookie_header(headers);
     let creds = Credentials {
         cookie_header: cookie.as_deref(),
         auth: None,

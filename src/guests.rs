@@ -4,9 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use entity::{guest, member};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, Set,
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 use serde_json::json;
 
 use crate::fleet::{FleetCell, FleetError, Notice, Scope};
@@ -89,16 +87,6 @@ pub async fn lock(
         .exec(db)
         .await?;
     Ok(result.rows_affected > 0)
-}
-
-/// Lifts a soft lock (for operators and tests; no route exposes it).
-pub async fn unlock(db: &DatabaseConnection, guest: guest::Model) -> Result<(), DbErr> {
-    let mut active: guest::ActiveModel = guest.into();
-    active.soft_locked = Set(false);
-    active.locked_at = Set(None);
-    active.lock_reason = Set(None);
-    active.update(db).await?;
-    Ok(())
 }
 
 /// Ends every socket of `user` in `scope`: `guest:locked` with `message`

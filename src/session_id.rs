@@ -175,6 +175,19 @@ fn escapes_well_formed(raw: &str) -> bool {
     true
 }
 
+/// The request's Cookie headers as one string: Node joins repeated headers
+/// with "; " (HTTP/2 sends one per cookie), each read as latin1.
+pub fn cookie_header(headers: &http::HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(http::header::COOKIE).iter().peekable();
+    values.peek()?;
+    Some(
+        values
+            .map(|v| header_to_string(v.as_bytes()))
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
 /// Node reads header bytes as latin1; doing the same keeps non-ASCII cookie
 /// bytes (which `HeaderValue::to_str` rejects) comparable with the Node app.
 pub fn header_to_string(bytes: &[u8]) -> String {

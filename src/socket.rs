@@ -76,23 +76,6 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> A::InitRes {
     io.ns("/", on_connect::<A>.with(authenticate::<A>))
 }
 
-/// Node joins repeated Cookie headers with "; " (HTTP/2 sends one per
-/// cookie); header bytes are read as latin1, as Node reads them.
-fn cookie_header(parts: &http::request::Parts) -> Option<String> {
-    let mut values = parts
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .peekable();
-    values.peek()?;
-    Some(
-        values
-            .map(|v| crate::session_id::header_to_string(v.as_bytes()))
-            .collect::<Vec<_>>()
-            .join("; "),
-    )
-}
-
 fn client_ip<A: Adapter>(s: &SocketRef<A>) -> Option<String> {
     s.req_parts()
         .extensions
@@ -122,7 +105,7 @@ async fn authenticate<A: Adapter>(
 ) -> Result<(), AuthError> {
     // A non-JSON or missing auth payload is simply no auth payload.
     let auth = auth.ok();
-    let cookie = cookie_header(s.req_parts());
+    let cookie = crate::session_id::cookie_header(&s.req_parts().headers);
     let creds = Credentials {
         cookie_header: cookie.as_deref(),
         auth: auth.as_ref(),
