@@ -17,9 +17,7 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     });
     let app = axum::Router::new()
         .layer(layer)
-        .layer(axum::middleware::from_fn(
-            crate::socket::detach_request_buffers,
-        ));
+        .layer(axum::middleware::from_fn(crate::handshake_request::compact));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::warn!(%listen, "UNAUTHENTICATED ceiling server for benchmarks: every connection is accepted");
     axum::serve(

@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use socketioxide::adapter::{Emitter, LocalAdapter};
 
 use crate::config::AdapterKind;
+use crate::handshake_request;
 use crate::socket;
 use anyhow::Context;
 
@@ -69,7 +70,7 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
     };
     tracing::info!(adapter = ?kind, "Socket.IO adapter");
     Ok(routes
-        .layer(axum::middleware::from_fn(socket::detach_request_buffers))
+        .layer(axum::middleware::from_fn(handshake_request::compact))
         .layer(crate::origin_guard::cors(state.allowlist.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -11,6 +11,7 @@ pub mod conformance;
 pub mod db;
 pub mod fleet;
 pub mod guests;
+pub mod handshake_request;
 pub mod http;
 pub mod metrics;
 pub mod origin;

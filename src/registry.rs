@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
 use crate::session::UserId;
 
@@ -33,14 +34,17 @@ pub enum CloseError {
 
 struct Entry {
     user_id: UserId,
-    sockets: Vec<Arc<dyn SocketHandle>>,
+    /// Almost always one socket per session: kept inline.
+    sockets: SmallVec<[Arc<dyn SocketHandle>; 1]>,
 }
 
+/// Held for every live session, so kept small: the session id is stored
+/// once (shared by both maps) and the digest as raw bytes.
 #[derive(Default)]
 struct Inner {
-    by_sid: HashMap<String, Entry>,
-    /// sha256(sid) hex → sid, for revocation notices that carry no sid.
-    by_digest: HashMap<String, String>,
+    by_sid: HashMap<Arc<str>, Entry>,
+    /// sha256(sid) → sid, for revocation notices that carry no sid.
+    by_digest: HashMap<[u8; 32], Arc<str>>,
 }
 
 #[derive(Default, Clone)]
@@ -51,10 +55,11 @@ pub struct Registry {
 /// The full SHA-256 hex digest of a session id, as the revocation trigger
 /// computes it in SQL.
 pub fn sid_digest(sid: &str) -> String {
-    Sha256::digest(sid.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(digest_bytes(sid))
+}
+
+fn digest_bytes(sid: &str) -> [u8; 32] {
+    Sha256::digest(sid.as_bytes()).into()
 }
 
 /// A session with live sockets on this node.
@@ -68,18 +73,19 @@ pub struct LiveSession {
 impl Registry {
     pub fn add(&self, sid: &str, user_id: &UserId, socket: Arc<dyn SocketHandle>) {
         let mut inner = self.inner.lock().unwrap();
-        if !inner.by_sid.contains_key(sid) {
-            inner.by_digest.insert(sid_digest(sid), sid.to_owned());
+        if let Some(entry) = inner.by_sid.get_mut(sid) {
+            entry.sockets.push(socket);
+            return;
         }
-        inner
-            .by_sid
-            .entry(sid.to_owned())
-            .or_insert_with(|| Entry {
+        let sid: Arc<str> = Arc::from(sid);
+        inner.by_digest.insert(digest_bytes(&sid), sid.clone());
+        inner.by_sid.insert(
+            sid,
+            Entry {
                 user_id: user_id.clone(),
-                sockets: Vec::with_capacity(1),
-            })
-            .sockets
-            .push(socket);
+                sockets: smallvec::smallvec![socket],
+            },
+        );
     }
 
     pub fn remove(&self, sid: &str, socket_id: &str) {
@@ -90,7 +96,7 @@ impl Registry {
         entry.sockets.retain(|s| s.id() != socket_id);
         if entry.sockets.is_empty() {
             inner.by_sid.remove(sid);
-            inner.by_digest.remove(&sid_digest(sid));
+            inner.by_digest.remove(&digest_bytes(sid));
         }
     }
 
@@ -108,13 +114,13 @@ impl Registry {
         }
         for sid in gone {
             inner.by_sid.remove(&sid);
-            inner.by_digest.remove(&sid_digest(&sid));
+            inner.by_digest.remove(&digest_bytes(&sid));
         }
         inner
             .by_sid
             .iter()
             .map(|(sid, e)| LiveSession {
-                sid: sid.clone(),
+                sid: sid.to_string(),
                 user_id: e.user_id.clone(),
                 sockets: e.sockets.len(),
             })
@@ -140,8 +146,12 @@ impl Registry {
             .map(|e| e.user_id.clone())
     }
 
+    /// The session whose [`sid_digest`] is `digest` (hex, either case).
     pub fn sid_for_digest(&self, digest: &str) -> Option<String> {
-        self.inner.lock().unwrap().by_digest.get(digest).cloned()
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(digest, &mut key).ok()?;
+        let inner = self.inner.lock().unwrap();
+        inner.by_digest.get(&key).map(|sid| sid.to_string())
     }
 
     /// Every socket of a user on this node, across their sessions.
@@ -164,7 +174,7 @@ impl Registry {
             .unwrap()
             .by_sid
             .get(sid)
-            .map(|e| e.sockets.clone())
+            .map(|e| e.sockets.to_vec())
             .unwrap_or_default()
     }
 }

@@ -15,7 +15,7 @@ use socketioxide::{SocketIo, SocketIoBuilder};
 
 use crate::registry::CloseError;
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::DisconnectReason;
@@ -63,11 +63,12 @@ pub fn layer<A: Adapter>(state: &AppState, adapter: A::State) -> (SocketIoLayer<
 }
 
 /// Engine settings shared by `serve` and the benchmark's ceiling server.
-/// tungstenite allocates its read buffer up front for every socket; frames
-/// larger than it still arrive whole (it reserves per frame), so a small
-/// one costs idle sockets nothing in function.
+/// tungstenite allocates its read buffer up front for every socket and keeps
+/// it; frames larger than it still arrive whole (it reserves per frame), so
+/// a small one costs idle sockets nothing in function. Socket.IO packets
+/// here (pings, `whoami`, notices) are tens of bytes.
 pub fn tuned(builder: SocketIoBuilder) -> SocketIoBuilder {
-    builder.ws_read_buffer_size(512)
+    builder.ws_read_buffer_size(256)
 }
 
 /// Mounts the authenticated default namespace. Remote adapters return a
@@ -201,10 +202,17 @@ fn is_error(reason: DisconnectReason) -> bool {
 /// in a task of its own after sending it, and a client that emits as soon as
 /// it reads CONNECT (socket.io-client flushes its buffer right then) would
 /// otherwise race that task, and an event with no handler yet is dropped.
+///
+/// One fallback handler rather than `on("whoami")`: socketioxide keeps
+/// named handlers in a map allocated per socket (about 180 bytes held for
+/// the socket's life), the fallback in a slot. Other events were and are
+/// ignored.
 fn register_events<A: Adapter>(s: &SocketRef<A>) {
-    s.on(
-        "whoami",
-        async |s: SocketRef<A>, io: SocketIo<A>, ack: AckSender<A>| {
+    s.on_fallback(
+        async |s: SocketRef<A>, io: SocketIo<A>, Event(event): Event, ack: AckSender<A>| {
+            if event != "whoami" {
+                return;
+            }
             // Registered before CONNECT, this can run in the moment between
             // socketioxide sending CONNECT and marking the socket connected,
             // while `emit` still refuses it. Wait that out (microseconds)
@@ -293,36 +301,4 @@ fn count_out<A: Adapter>(s: &SocketRef<A>, state: &AppState, reason: &str, error
     event.reason = Some(reason.to_owned());
     event.client_ip = client_ip(s);
     state.audit.record(event);
-}
-/// Engine.io keeps a socket's handshake request (`req_parts`) for the
-/// socket's whole life, and hyper's header values and URI are slices of the
-/// connection's 16 KiB read buffer: keeping them keeps the buffer. Copying
-/// them out lets it go, about 9 KiB of resident memory per idle socket. The
-/// headers are all kept (the audit log records them); only their storage
-/// changes.
-pub async fn detach_request_buffers(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if !req
-        .uri()
-        .path()
-        .starts_with(crate::origin_guard::SOCKET_PATH)
-    {
-        return next.run(req).await;
-    }
-    let (mut parts, body) = req.into_parts();
-    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
-    for (name, value) in &parts.headers {
-        if let Ok(copy) = http::HeaderValue::from_bytes(value.as_bytes()) {
-            headers.append(name.clone(), copy);
-        }
-    }
-    parts.headers = headers;
-    if let Ok(uri) = http::Uri::try_from(parts.uri.to_string()) {
-        parts.uri = uri;
-    }
-    parts.extensions.remove::<axum::extract::OriginalUri>();
-    next.run(axum::extract::Request::from_parts(parts, body))
-        .await
 }

@@ -64,18 +64,15 @@ use std::{
     time::Duration,
 };
 
+use crate::queue::{self, Receiver, TrySendError};
 use crate::{config::EngineIoConfig, errors::Error};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use futures_util::FutureExt;
-use tokio::sync::Notify;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
-use tokio::sync::{
-    Mutex,
-    mpsc::{self, Receiver, error::TrySendError},
-    watch,
-};
+use tokio::sync::Notify;
+use tokio::sync::{Mutex, mpsc};
 
 pub use engineioxide_core::Sid;
 use tokio_util::sync::CancellationToken;
@@ -120,10 +117,42 @@ impl From<&Error> for Option<DisconnectReason> {
 /// per socket, held for the socket's whole life even when nothing is queued.
 pub(crate) type Queued = Box<PacketBuf>;
 
+/// The latest volatile packet group not yet sent.
+///
+/// sockgate patch: a slot and a [`Notify`] in the socket instead of a
+/// `watch` channel, whose shared state was a third of a KiB per socket. As
+/// with the channel, a newer group replaces one not yet sent.
+#[derive(Debug, Default)]
+pub(crate) struct Volatile {
+    slot: std::sync::Mutex<Option<Queued>>,
+    notify: Notify,
+}
+
+impl Volatile {
+    fn put(&self, packets: Queued) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(packets);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Option<Queued> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The next group to send. Cancel-safe: a group is taken only when returned.
+    pub(crate) async fn next(&self) -> Queued {
+        loop {
+            if let Some(packets) = self.take() {
+                return packets;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 /// A permit to emit a message to the client.
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
-    inner: mpsc::Permit<'a, Queued>,
+    inner: queue::Permit<'a, Queued>,
 }
 impl Permit<'_> {
     /// Consume the permit and emit a message to the client.
@@ -166,18 +195,13 @@ impl Permit<'_> {
 pub(crate) struct InternalRx {
     pub buffered_rx: Receiver<Queued>,
     pub peeked_packet: Option<Queued>,
-    pub volatile_rx: watch::Receiver<Option<Queued>>,
 }
 
 impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<Queued>,
-        volatile_rx: watch::Receiver<Option<Queued>>,
-    ) -> Self {
+    fn new(buffered_rx: Receiver<Queued>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
-            volatile_rx,
         }
     }
 }
@@ -222,12 +246,12 @@ where
     pub(crate) internal_rx: Mutex<InternalRx>,
 
     /// Channel to send [PacketBuf] to the internal connection
-    pub(crate) internal_tx: mpsc::Sender<Queued>,
+    pub(crate) internal_tx: queue::Sender<Queued>,
 
-    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
-    /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<Queued>>,
+    /// Volatile [PacketBuf]s that bypass the internal buffer: only the latest
+    /// volatile message is retained; subsequent volatile sends overwrite the
+    /// previous one. Read by whichever transport holds `internal_rx`.
+    pub(crate) volatile: Volatile,
 
     /// Signals a Pong (v4 protocol) or Ping (v3 protocol) from the connection to the heartbeat job.
     ///
@@ -263,8 +287,7 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         supports_binary: bool,
     ) -> Self {
-        let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
+        let (internal_tx, internal_rx) = queue::channel(config.max_buffer_size);
 
         Self {
             id: Sid::new(),
@@ -272,10 +295,10 @@ where
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            volatile_tx,
+            volatile: Volatile::default(),
 
             heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
@@ -546,7 +569,8 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: Queued) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        self.volatile.put(packets);
+        true
     }
 }
 
@@ -605,8 +629,7 @@ where
         close_fn: Box<dyn Fn(Sid, DisconnectReason) + Send + Sync>,
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
-        let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
+        let (internal_tx, internal_rx) = queue::channel(buffer_size);
 
         let sock = Self {
             id: sid,
@@ -614,10 +637,10 @@ where
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            volatile_tx,
+            volatile: Volatile::default(),
 
             heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),

@@ -6,10 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::{
-    SinkExt, StreamExt,
-    stream::SplitSink,
-};
+use futures_util::{SinkExt, StreamExt, stream::SplitSink};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -57,19 +54,22 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     sid: Option<Sid>,
     req: Request<R>,
 ) -> Result<Response<ResponseBody<B>>, Error> {
-    let (parts, body) = req.into_parts();
-    let req = Request::from_parts(parts.clone(), body);
-
-    let ws_key = parts
-        .headers
+    let ws_key = req
+        .headers()
         .get("Sec-WebSocket-Key")
         .ok_or(Error::InvalidWebSocketKey)?
         .clone();
 
+    // sockgate patch: hyper's upgrade handle is taken out of the request here
+    // rather than out of a clone of the whole request in the task, so the
+    // session's `req_parts` keep no copy of it.
+    let mut req = req;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _body) = req.into_parts();
+    let parts = session_parts(parts);
+
     tokio::spawn(async move {
-        let conn = hyper::upgrade::on(req)
-            .await
-            .map(hyper_util::rt::TokioIo::new);
+        let conn = on_upgrade.await.map(hyper_util::rt::TokioIo::new);
 
         let res = match conn {
             Ok(conn) => on_init(engine.clone(), conn, protocol, sid, parts).await,
@@ -97,6 +97,43 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     });
 
     Ok(ws_response(&ws_key))
+}
+
+/// The headers that only served the websocket upgrade (RFC 6455 §4.1, and the
+/// hop-by-hop `Connection`), consumed by the time the session starts.
+const UPGRADE_ONLY_HEADERS: [http::HeaderName; 5] = [
+    http::header::CONNECTION,
+    http::header::UPGRADE,
+    http::header::SEC_WEBSOCKET_KEY,
+    http::header::SEC_WEBSOCKET_VERSION,
+    http::header::SEC_WEBSOCKET_EXTENSIONS,
+];
+
+/// sockgate patch: the request a websocket session keeps (`req_parts`) for its
+/// whole life, without [`UPGRADE_ONLY_HEADERS`], in a header map sized for
+/// what remains: a `HeaderMap` holds about 100 bytes per slot and rounds its
+/// slots up, so the five headers cost a third to half a KiB per socket. A
+/// polling session's request never had them, so both transports now keep the
+/// same kind of headers.
+fn session_parts(mut parts: Parts) -> Parts {
+    let all = std::mem::take(&mut parts.headers);
+    let kept = all
+        .iter()
+        .filter(|(name, _)| !UPGRADE_ONLY_HEADERS.contains(name))
+        .count();
+    let mut headers = http::HeaderMap::with_capacity(kept);
+    let mut current = None;
+    for (name, value) in all {
+        if name.is_some() {
+            current = name;
+        }
+        let name = current.as_ref().expect("a header map yields a name first");
+        if !UPGRADE_ONLY_HEADERS.contains(name) {
+            headers.append(name.clone(), value);
+        }
+    }
+    parts.headers = headers;
+    parts
 }
 
 /// Handle a websocket connection upgrade
@@ -177,9 +214,10 @@ where
         (socket, ws, heartbeat)
     };
 
-    let _res = connection(&engine, &socket, ws, heartbeat).await;
-    #[cfg(feature = "tracing")]
-    tracing::debug!(sid = %socket.id, "ws session ended: {:?}", _res);
+    // sockgate patch: the session runs in a task of its own. This setup task ends
+    // here, so what it captured (the request parts, the raw stream, the upgrade
+    // futures) is not kept for the session's life.
+    tokio::spawn(connection(engine, socket, ws, heartbeat));
     Ok(())
 }
 
@@ -226,146 +264,143 @@ enum Step {
 }
 
 /// Runs a websocket session: client packets to the handler, queued packets to
-/// the client and, when `heartbeat` is given, the heartbeat, all in this task.
+/// the client and, when `heartbeat` is given, the heartbeat, all in one task.
 ///
 /// Writes block reads while the client is slow to take them; a write that
 /// stalls for a whole heartbeat period ends the session as a heartbeat
 /// timeout, as the spawned heartbeat job would have.
-async fn connection<H: EngineIoHandler, S>(
-    engine: &Arc<EngineIo<H>>,
-    socket: &Arc<Socket<H::Data>>,
+///
+/// A plain function returning the future, so that the future holds only what
+/// the session needs (the halves of the split stream, not the stream itself
+/// as an argument slot); writes and the final close are boxed, because an idle
+/// session is not writing and should not carry their state.
+fn connection<H: EngineIoHandler, S>(
+    engine: Arc<EngineIo<H>>,
+    socket: Arc<Socket<H::Data>>,
     ws: WebSocketStream<S>,
     mut heartbeat: Option<Heartbeat>,
-) -> Option<Result<(), Error>>
+) -> impl Future<Output = Option<Result<(), Error>>> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // A polling request that was in progress during the upgrade may still hold the lock.
-    // Taken at once when free, even from a session already closed, so that what was
-    // queued before the close still goes out (`with_cancellation_token` gives up at
-    // once on a cancelled token).
-    let mut internal_rx = match socket.internal_rx.try_lock() {
-        Ok(guard) => guard,
-        Err(_) => {
-            socket
-                .internal_rx
-                .lock()
-                .with_cancellation_token(&socket.cancellation_token)
-                .await?
-        }
-    };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
     let (mut tx, mut rx) = ws.split();
-    let stall_limit = engine.config.ping_interval + engine.config.ping_timeout;
+    async move {
+        // A polling request that was in progress during the upgrade may still hold the lock.
+        // Taken at once when free, even from a session already closed, so that what was
+        // queued before the close still goes out (`with_cancellation_token` gives up at
+        // once on a cancelled token).
+        let mut internal_rx = match socket.internal_rx.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                socket
+                    .internal_rx
+                    .lock()
+                    .with_cancellation_token(&socket.cancellation_token)
+                    .await?
+            }
+        };
+        let InternalRx { buffered_rx, .. } = &mut *internal_rx;
+        let stall_limit = engine.config.ping_interval + engine.config.ping_timeout;
 
-    let mut ping_sent_at = Instant::now();
-    let timer = tokio::time::sleep_until(ping_sent_at);
-    tokio::pin!(timer);
+        let mut ping_sent_at = Instant::now();
+        let timer = tokio::time::sleep_until(ping_sent_at);
+        tokio::pin!(timer);
 
-    let result = loop {
-        let step = tokio::select! {
-            items = buffered_rx.recv() => match items {
-                Some(packets) => {
-                    let write = async {
-                        write_packets(&mut tx, socket, *packets).await;
-                        while let Ok(packets) = buffered_rx.try_recv() {
-                            write_packets(&mut tx, socket, *packets).await;
+        let result = loop {
+            let step = tokio::select! {
+                items = buffered_rx.recv() => match items {
+                    Some(packets) => {
+                        let write = Box::pin(tokio::time::timeout(stall_limit, async {
+                            write_packets(&mut tx, &socket, *packets).await;
+                            while let Ok(packets) = buffered_rx.try_recv() {
+                                write_packets(&mut tx, &socket, *packets).await;
+                            }
+                            tx.flush().await.ok();
+                        }));
+                        match write.await {
+                            Ok(()) => Step::Continue,
+                            Err(_) => Step::Exit(Some(Err(Error::HeartbeatTimeout))),
                         }
-                        tx.flush().await.ok();
-                    };
-                    match tokio::time::timeout(stall_limit, write).await {
-                        Ok(()) => Step::Continue,
-                        Err(_) => Step::Exit(Some(Err(Error::HeartbeatTimeout))),
                     }
-                }
-                None => Step::Exit(None),
-            },
-            _ = socket.cancellation_token.cancelled() => Step::Exit(None),
-            msg = rx.next() => match msg {
-                Some(Ok(msg)) => on_message(engine, socket, msg, heartbeat.as_mut()),
-                Some(Err(e)) => Step::Exit(Some(Err(e.into()))),
-                None => Step::Exit(Some(Ok(()))),
-            },
-            Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().clone();
-                if let Some(packets) = val {
+                    None => Step::Exit(None),
+                },
+                _ = socket.cancellation_token.cancelled() => Step::Exit(None),
+                msg = rx.next() => match msg {
+                    Some(Ok(msg)) => on_message(&engine, &socket, msg, heartbeat.as_mut()),
+                    Some(Err(e)) => Step::Exit(Some(Err(e.into()))),
+                    None => Step::Exit(Some(Ok(()))),
+                },
+                packets = socket.volatile.next() => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    let write = async {
-                        write_packets(&mut tx, socket, *packets).await;
+                    let write = Box::pin(tokio::time::timeout(stall_limit, async {
+                        write_packets(&mut tx, &socket, *packets).await;
                         tx.flush().await.ok();
-                    };
-                    match tokio::time::timeout(stall_limit, write).await {
+                    }));
+                    match write.await {
                         Ok(()) => Step::Continue,
                         Err(_) => Step::Exit(Some(Err(Error::HeartbeatTimeout))),
                     }
-                } else {
-                    Step::Continue
-                }
-            },
-            () = &mut timer, if heartbeat.is_some() => {
-                let hb = heartbeat.as_mut().expect("guarded by the branch condition");
-                if hb.awaiting_pong {
-                    Step::Exit(Some(Err(Error::HeartbeatTimeout)))
-                } else {
-                    #[cfg(feature = "tracing")]
-                    tracing::trace!(sid = ?socket.id, "emitting ping");
-                    // Queued like the spawned job's pings: a full queue is a dead client.
-                    match socket.internal_tx.try_send(Box::new(smallvec![Packet::Ping])) {
-                        Ok(()) => {
-                            hb.awaiting_pong = true;
-                            ping_sent_at = Instant::now();
-                            hb.next_ping += hb.interval;
-                            Step::Continue
+                },
+                () = &mut timer, if heartbeat.is_some() => {
+                    let hb = heartbeat.as_mut().expect("guarded by the branch condition");
+                    if hb.awaiting_pong {
+                        Step::Exit(Some(Err(Error::HeartbeatTimeout)))
+                    } else {
+                        #[cfg(feature = "tracing")]
+                        tracing::trace!(sid = ?socket.id, "emitting ping");
+                        // Queued like the spawned job's pings: a full queue is a dead client.
+                        match socket.internal_tx.try_send(Box::new(smallvec![Packet::Ping])) {
+                            Ok(()) => {
+                                hb.awaiting_pong = true;
+                                ping_sent_at = Instant::now();
+                                hb.next_ping += hb.interval;
+                                Step::Continue
+                            }
+                            Err(_) => Step::Exit(Some(Err(Error::HeartbeatTimeout))),
                         }
-                        Err(_) => Step::Exit(Some(Err(Error::HeartbeatTimeout))),
+                    }
+                },
+            };
+            match step {
+                Step::Continue => {
+                    if let Some(hb) = &heartbeat {
+                        let deadline = hb.deadline(ping_sent_at);
+                        if timer.deadline() != deadline {
+                            timer.as_mut().reset(deadline);
+                        }
                     }
                 }
-            },
-        };
-        match step {
-            Step::Continue => {
-                if let Some(hb) = &heartbeat {
-                    let deadline = hb.deadline(ping_sent_at);
-                    if timer.deadline() != deadline {
-                        timer.as_mut().reset(deadline);
-                    }
-                }
+                Step::Exit(result) => break result,
             }
-            Step::Exit(result) => break result,
+        };
+
+        if let Some(res) = &result {
+            // The client went away or broke the protocol: close the session now, so the
+            // handler stops queueing packets for it.
+            let reason = match res {
+                Err(e) => {
+                    Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError)
+                }
+                Ok(()) => DisconnectReason::TransportClose,
+            };
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, ?reason, "ws session ended");
+            engine.close_session(socket.id, reason);
         }
-    };
 
-
-    if let Some(Err(_) | Ok(())) = &result {
-        // The client went away or broke the protocol: close the session now, so the
-        // handler stops queueing packets for it.
-        let reason = match &result {
-            Some(Err(e)) => {
-                Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError)
+        // Packets queued before the session closed (a close reason, the close packet)
+        // still go out, then the websocket is closed, within one heartbeat timeout.
+        let close = Box::pin(tokio::time::timeout(engine.config.ping_timeout, async {
+            while let Ok(packets) = buffered_rx.try_recv() {
+                write_packets(&mut tx, &socket, *packets).await;
             }
-            _ => DisconnectReason::TransportClose,
-        };
-        engine.close_session(socket.id, reason);
+            tx.flush().await.ok();
+            tx.close().await.ok();
+        }));
+        close.await.ok();
+        result
     }
-
-    // Packets queued before the session closed (a close reason, the close packet)
-    // still go out, then the websocket is closed, within one heartbeat timeout.
-    let close = async {
-        while let Ok(packets) = buffered_rx.try_recv() {
-            write_packets(&mut tx, socket, *packets).await;
-        }
-        tx.flush().await.ok();
-        tx.close().await.ok();
-    };
-    tokio::time::timeout(engine.config.ping_timeout, close)
-        .await
-        .ok();
-    result
 }
 
 /// Handles one websocket message from the client.
@@ -446,7 +481,7 @@ async fn write_packets<D, S>(
             // it should be discarded here
             Packet::Noop => Ok(()),
             item => {
-                let packet: String = item.try_into().unwrap();
+                let packet = String::from(item);
                 tx.feed(Message::Text(packet.into())).await
             }
         };
@@ -610,7 +645,7 @@ mod tests {
             Arc::new(StubHandler),
             EngineIoConfig::default(),
         ));
-        connection(&engine, &socket, ws, None).await;
+        connection(engine, socket, ws, None).await;
     }
 
     async fn ws_pair() -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>) {
@@ -630,7 +665,10 @@ mod tests {
         let polling = socket.internal_rx.lock().await;
         let writer = tokio::spawn(run(socket.clone(), server));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!writer.is_finished(), "the connection should wait for the lock");
+        assert!(
+            !writer.is_finished(),
+            "the connection should wait for the lock"
+        );
 
         drop(polling);
         socket.emit(Str::from("hello")).unwrap();
@@ -677,7 +715,7 @@ mod tests {
         let hb = Heartbeat::new(engine.config.ping_interval, engine.config.ping_timeout);
         let conn = {
             let (engine, socket) = (engine.clone(), socket.clone());
-            tokio::spawn(async move { connection(&engine, &socket, server, Some(hb)).await })
+            tokio::spawn(connection(engine, socket, server, Some(hb)))
         };
         let mut pings = 0;
         let until = tokio::time::Instant::now() + Duration::from_millis(400);
@@ -691,10 +729,22 @@ mod tests {
                 other => panic!("expected a ping every 30 ms, got {other:?}"),
             }
         }
-        assert!(pings >= 8, "only {pings} pings in 400 ms at a 30 ms interval");
-        assert!(!conn.is_finished(), "an answering client must stay connected");
+        assert!(
+            pings >= 8,
+            "only {pings} pings in 400 ms at a 30 ms interval"
+        );
+        assert!(
+            !conn.is_finished(),
+            "an answering client must stay connected"
+        );
         socket.cancellation_token.cancel();
-        assert!(tokio::time::timeout(TIMEOUT, conn).await.unwrap().unwrap().is_none());
+        assert!(
+            tokio::time::timeout(TIMEOUT, conn)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_none()
+        );
     }
 
     /// A client that reads the ping but never answers is timed out.
@@ -706,7 +756,7 @@ mod tests {
         let hb = Heartbeat::new(engine.config.ping_interval, engine.config.ping_timeout);
         let conn = {
             let (engine, socket) = (engine.clone(), socket.clone());
-            tokio::spawn(async move { connection(&engine, &socket, server, Some(hb)).await })
+            tokio::spawn(connection(engine, socket, server, Some(hb)))
         };
         let ping = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap();
         assert_eq!(ping.unwrap().unwrap(), Message::text("2"));
@@ -724,7 +774,7 @@ mod tests {
         let (server, _client_not_reading) = ws_pair().await;
         let conn = {
             let (engine, socket) = (engine.clone(), socket.clone());
-            tokio::spawn(async move { connection(&engine, &socket, server, None).await })
+            tokio::spawn(connection(engine, socket, server, None))
         };
         let big = "x".repeat(4096);
         for _ in 0..16 {
@@ -743,7 +793,7 @@ mod tests {
         let (server, mut client) = ws_pair().await;
         let conn = {
             let (engine, socket) = (engine.clone(), socket.clone());
-            tokio::spawn(async move { connection(&engine, &socket, server, None).await })
+            tokio::spawn(connection(engine, socket, server, None))
         };
         for i in 0..20 {
             socket.emit(Str::from(format!("m{i}"))).unwrap();
@@ -756,6 +806,44 @@ mod tests {
         }
         let end = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap();
         assert!(matches!(end, Some(Ok(Message::Close(_))) | None), "{end:?}");
-        assert!(tokio::time::timeout(TIMEOUT, conn).await.unwrap().unwrap().is_none());
+        assert!(
+            tokio::time::timeout(TIMEOUT, conn)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn session_parts_drop_only_the_upgrade_headers() {
+        let (parts, ()) = Request::builder()
+            .header("host", "example.com")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-extensions", "permessage-deflate")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("user-agent", "test")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let parts = session_parts(parts);
+        let kept: Vec<_> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "host: example.com",
+                "cookie: a=1",
+                "cookie: b=2",
+                "user-agent: test"
+            ]
+        );
     }
 }

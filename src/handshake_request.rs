@@ -1,0 +1,138 @@
+//! What engine.io keeps of a Socket.IO request.
+//!
+//! engineioxide keeps each session's handshake request (`req_parts`) for the
+//! session's whole life: socketioxide hands it to the connect middleware, and
+//! the audit log records its headers. As hyper delivers it, that is far more
+//! than the headers: the header values and the URI are slices of the
+//! connection's 16 KiB read buffer (keeping any keeps the buffer), each value
+//! that is cloned becomes an allocation of its own, and the extensions carry
+//! the router's bookkeeping. [`compact`] rewrites the request before the
+//! Socket.IO layer sees it, keeping everything sockgate and the audit read.
+
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Extensions, HeaderMap, HeaderValue, Uri};
+
+/// Middleware in front of the Socket.IO layer; other routes pass untouched.
+pub async fn compact(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !req
+        .uri()
+        .path()
+        .starts_with(crate::origin_guard::SOCKET_PATH)
+    {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    compact_parts(&mut parts);
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
+}
+
+/// Every header is kept, in order, with its value; their bytes move into one
+/// buffer of their own. The URI is copied out. Of the extensions, only the
+/// client's address (the audit's client ip) and hyper's upgrade handle (the
+/// websocket transport needs it) are kept.
+pub fn compact_parts(parts: &mut Parts) {
+    parts.headers = compact_headers(&parts.headers);
+    if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    let mut kept = Extensions::new();
+    if let Some(addr) = parts.extensions.remove::<ConnectInfo<SocketAddr>>() {
+        kept.insert(addr);
+    }
+    if let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() {
+        kept.insert(upgrade);
+    }
+    parts.extensions = kept;
+}
+
+fn compact_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut buf = Vec::with_capacity(headers.values().map(HeaderValue::len).sum());
+    for value in headers.values() {
+        buf.extend_from_slice(value.as_bytes());
+    }
+    let buf = Bytes::from(buf);
+    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut at = 0;
+    for (name, value) in headers {
+        let end = at + value.len();
+        // Slices of one shared buffer: no allocation per value.
+        if let Ok(mut copy) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
+            copy.set_sensitive(value.is_sensitive());
+            out.append(name.clone(), copy);
+        }
+        at = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Parts {
+        let (mut parts, ()) = http::Request::builder()
+            .uri("/socket.io/?EIO=4&transport=websocket&x=%20y")
+            .header("host", "127.0.0.1:3000")
+            .header("cookie", "connect.sid=s%3Aabc.def")
+            .header("cookie", "theme=dark")
+            .header("x-forwarded-for", "10.0.0.7")
+            .header("user-agent", "test/1.0")
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+            .extensions
+            .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 7], 4242))));
+        parts.extensions.insert("router bookkeeping");
+        parts
+    }
+
+    #[test]
+    fn every_header_is_kept_in_order_with_its_value() {
+        let before = request();
+        let mut after = request();
+        compact_parts(&mut after);
+        let pairs = |h: &HeaderMap| {
+            h.iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pairs(&after.headers), pairs(&before.headers));
+        assert_eq!(after.headers.get_all("cookie").iter().count(), 2);
+        assert_eq!(after.uri, before.uri);
+        assert_eq!(after.method, before.method);
+    }
+
+    #[test]
+    fn only_the_client_address_is_kept_of_the_extensions() {
+        let mut parts = request();
+        compact_parts(&mut parts);
+        assert_eq!(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+            Some(SocketAddr::from(([10, 0, 0, 7], 4242)))
+        );
+        assert!(parts.extensions.get::<&str>().is_none());
+    }
+
+    #[test]
+    fn sensitive_marks_survive() {
+        let mut parts = request();
+        let mut secret = HeaderValue::from_static("Bearer t");
+        secret.set_sensitive(true);
+        parts.headers.insert("authorization", secret);
+        compact_parts(&mut parts);
+        assert!(parts.headers["authorization"].is_sensitive());
+        assert!(!parts.headers["user-agent"].is_sensitive());
+    }
+}
