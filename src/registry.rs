@@ -52,12 +52,6 @@ pub struct Registry {
     inner: Arc<Mutex<Inner>>,
 }
 
-/// The full SHA-256 hex digest of a session id, as the revocation trigger
-/// computes it in SQL.
-pub fn sid_digest(sid: &str) -> String {
-    hex::encode(digest_bytes(sid))
-}
-
 fn digest_bytes(sid: &str) -> [u8; 32] {
     Sha256::digest(sid.as_bytes()).into()
 }
@@ -146,7 +140,8 @@ impl Registry {
             .map(|e| e.user_id.clone())
     }
 
-    /// The session whose [`sid_digest`] is `digest` (hex, either case).
+    /// The session whose SHA-256 is `digest`, in hex (either case), as the
+    /// revocation trigger computes it in SQL.
     pub fn sid_for_digest(&self, digest: &str) -> Option<String> {
         let mut key = [0u8; 32];
         hex::decode_to_slice(digest, &mut key).ok()?;

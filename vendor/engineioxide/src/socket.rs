@@ -112,9 +112,10 @@ impl From<&Error> for Option<DisconnectReason> {
 
 /// One entry of the socket's packet queue.
 ///
-/// sockgate patch: boxed, because tokio's mpsc allocates its slots 32 at a
-/// time and an inline [`PacketBuf`] (168 bytes) made that first block 5.4 KiB
-/// per socket, held for the socket's whole life even when nothing is queued.
+/// sockgate patch: boxed, so that the queue's buffer, the volatile slot and
+/// the peeked packet hold a pointer rather than an inline [`PacketBuf`] (168
+/// bytes): tokio's mpsc, which the queue replaced, kept a first block of 32
+/// inline slots (5.4 KiB) per socket, and a `VecDeque` keeps its capacity.
 pub(crate) type Queued = Box<PacketBuf>;
 
 /// The latest volatile packet group not yet sent.

@@ -233,23 +233,27 @@ struct Heartbeat {
     interval: Duration,
     timeout: Duration,
     next_ping: Instant,
+    /// When the ping now awaiting its pong was queued.
+    ping_sent_at: Instant,
     awaiting_pong: bool,
 }
 
 impl Heartbeat {
     fn new(interval: Duration, timeout: Duration) -> Self {
+        let now = Instant::now();
         Self {
             interval,
             timeout,
-            next_ping: Instant::now(),
+            next_ping: now,
+            ping_sent_at: now,
             awaiting_pong: false,
         }
     }
 
     /// When the heartbeat must act next: send a ping, or give up on a pong.
-    fn deadline(&self, sent_at: Instant) -> Instant {
+    fn deadline(&self) -> Instant {
         if self.awaiting_pong {
-            sent_at + self.timeout
+            self.ping_sent_at + self.timeout
         } else {
             self.next_ping
         }
@@ -302,25 +306,21 @@ where
         let InternalRx { buffered_rx, .. } = &mut *internal_rx;
         let stall_limit = engine.config.ping_interval + engine.config.ping_timeout;
 
-        let mut ping_sent_at = Instant::now();
-        let timer = tokio::time::sleep_until(ping_sent_at);
+        let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
 
         let result = loop {
             let step = tokio::select! {
                 items = buffered_rx.recv() => match items {
                     Some(packets) => {
-                        let write = Box::pin(tokio::time::timeout(stall_limit, async {
+                        bounded_write(stall_limit, async {
                             write_packets(&mut tx, &socket, *packets).await;
                             while let Ok(packets) = buffered_rx.try_recv() {
                                 write_packets(&mut tx, &socket, *packets).await;
                             }
                             tx.flush().await.ok();
-                        }));
-                        match write.await {
-                            Ok(()) => Step::Continue,
-                            Err(_) => Step::Exit(Some(Err(Error::HeartbeatTimeout))),
-                        }
+                        })
+                        .await
                     }
                     None => Step::Exit(None),
                 },
@@ -333,14 +333,11 @@ where
                 packets = socket.volatile.next() => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    let write = Box::pin(tokio::time::timeout(stall_limit, async {
+                    bounded_write(stall_limit, async {
                         write_packets(&mut tx, &socket, *packets).await;
                         tx.flush().await.ok();
-                    }));
-                    match write.await {
-                        Ok(()) => Step::Continue,
-                        Err(_) => Step::Exit(Some(Err(Error::HeartbeatTimeout))),
-                    }
+                    })
+                    .await
                 },
                 () = &mut timer, if heartbeat.is_some() => {
                     let hb = heartbeat.as_mut().expect("guarded by the branch condition");
@@ -353,7 +350,7 @@ where
                         match socket.internal_tx.try_send(Box::new(smallvec![Packet::Ping])) {
                             Ok(()) => {
                                 hb.awaiting_pong = true;
-                                ping_sent_at = Instant::now();
+                                hb.ping_sent_at = Instant::now();
                                 hb.next_ping += hb.interval;
                                 Step::Continue
                             }
@@ -365,7 +362,7 @@ where
             match step {
                 Step::Continue => {
                     if let Some(hb) = &heartbeat {
-                        let deadline = hb.deadline(ping_sent_at);
+                        let deadline = hb.deadline();
                         if timer.deadline() != deadline {
                             timer.as_mut().reset(deadline);
                         }
@@ -401,6 +398,21 @@ where
         close.await.ok();
         result
     }
+}
+
+/// A write to the client that stalls for `limit` ends the session as a
+/// heartbeat timeout. Boxed: the connection future should not carry a
+/// write's state while the session is idle.
+fn bounded_write<'a>(
+    limit: Duration,
+    write: impl Future<Output = ()> + Send + 'a,
+) -> std::pin::Pin<Box<dyn Future<Output = Step> + Send + 'a>> {
+    Box::pin(async move {
+        match tokio::time::timeout(limit, write).await {
+            Ok(()) => Step::Continue,
+            Err(_) => Step::Exit(Some(Err(Error::HeartbeatTimeout))),
+        }
+    })
 }
 
 /// Handles one websocket message from the client.
