@@ -87,6 +87,10 @@ pub struct EngineIoConfig {
     /// Allowed transports on this server
     /// It is represented as a bitfield to allow to combine any number of transports easily
     pub transports: u8,
+
+    /// sockgate patch: closes sessions of the engines built from this config
+    /// (clones of the config share it).
+    pub session_closer: crate::closer::SessionCloser,
 }
 
 impl Default for EngineIoConfig {
@@ -102,6 +106,7 @@ impl Default for EngineIoConfig {
             ws_max_message_size: 64 << 20,
             ws_max_frame_size: 16 << 20,
             transports: TransportType::Polling as u8 | TransportType::Websocket as u8,
+            session_closer: Default::default(),
         }
     }
 }

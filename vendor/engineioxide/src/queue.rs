@@ -137,6 +137,22 @@ impl<T> Sender<T> {
         self.shared.lock().closed
     }
 
+    /// sockgate patch: resolves once nothing is queued (every item taken by
+    /// the receiver) or the queue closed.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let mut space = pin!(self.shared.space.notified());
+            space.as_mut().enable();
+            {
+                let state = self.shared.lock();
+                if state.closed || state.items.is_empty() {
+                    return;
+                }
+            }
+            space.await;
+        }
+    }
+
     /// Resolves once the receiver closed the queue or was dropped.
     pub(crate) async fn closed(&self) {
         loop {
@@ -245,6 +261,22 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[tokio::test]
+    async fn drained_waits_for_the_receiver_to_take_everything() {
+        let (tx, mut rx) = channel(4);
+        tx.drained().await;
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        let mut drained = std::pin::pin!(tx.drained());
+        assert!(futures_util::poll!(drained.as_mut()).is_pending());
+        assert_eq!(rx.recv().await, Some(1));
+        assert!(futures_util::poll!(drained.as_mut()).is_pending());
+        assert_eq!(rx.recv().await, Some(2));
+        tokio::time::timeout(Duration::from_secs(1), drained)
+            .await
+            .unwrap();
+    }
 
     #[test]
     fn capacity_counts_queued_items_and_permits() {

@@ -71,8 +71,8 @@ use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
+use tokio::sync::Mutex;
 use tokio::sync::Notify;
-use tokio::sync::{Mutex, mpsc};
 
 pub use engineioxide_core::Sid;
 use tokio_util::sync::CancellationToken;
@@ -233,6 +233,11 @@ where
     /// Whether the socket is currently upgrading to a new transport.
     upgrading: AtomicBool,
 
+    /// sockgate patch: closing once the client took what is queued
+    /// ([`crate::closer::SessionCloser`]); what the client sends meanwhile
+    /// is dropped.
+    pub(crate) closing: AtomicBool,
+
     /// Channel to send [`PacketBuf`] to the connection
     ///
     /// It is used and managed by the [`EngineIo`](crate::engine) struct depending on the transport type
@@ -295,6 +300,7 @@ where
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
@@ -637,6 +643,7 @@ where
             protocol: ProtocolVersion::V4,
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
@@ -654,7 +661,7 @@ where
         };
         let sock = Arc::new(sock);
 
-        let (tx, rx) = mpsc::channel(buffer_size);
+        let (tx, rx) = tokio::sync::mpsc::channel(buffer_size);
         let sock_clone = sock.clone();
         tokio::spawn(async move {
             let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();

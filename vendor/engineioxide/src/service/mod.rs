@@ -82,10 +82,10 @@ impl<S: Clone, H: EngineIoHandler> EngineIoService<H, S> {
 
     /// Create a new [`EngineIoService`] with a custom inner service and a custom config.
     pub fn with_config_inner(inner: S, handler: Arc<H>, config: EngineIoConfig) -> Self {
-        EngineIoService {
-            inner,
-            engine: Arc::new(EngineIo::new(handler, config)),
-        }
+        let engine = Arc::new(EngineIo::new(handler, config));
+        // sockgate patch: reachable through the config's `session_closer`.
+        engine.config.session_closer.register(&engine);
+        EngineIoService { inner, engine }
     }
 
     /// Convert this [`EngineIoService`] into a [`MakeEngineIoService`].
@@ -195,7 +195,11 @@ where
 
 /// Check if a request path is the configured path or one of its sub paths.
 /// `/engine.io` must not match `/engine.io-admin`, which belongs to the inner service.
-fn is_req_path(path: &str, req_path: &str) -> bool {
+///
+/// sockgate patch: public, so that a guard in front of the engine asks the
+/// engine's own matcher which requests it serves instead of a second test
+/// that can disagree with it.
+pub fn is_req_path(path: &str, req_path: &str) -> bool {
     path.strip_prefix(req_path)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || req_path.ends_with('/'))
 }

@@ -177,6 +177,12 @@ where
         return Err(Error::TransportMismatch);
     }
 
+    // sockgate patch: a session being closed takes nothing more from the
+    // client (a refused CONNECT is not retried on it).
+    if socket.closing.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(http_response(StatusCode::OK, "ok", false));
+    }
+
     let (parts, body) = req.into_parts();
     let content_type = parts.headers.get(CONTENT_TYPE);
     let packets = payload::decoder(body, content_type, protocol, engine.config.max_payload);

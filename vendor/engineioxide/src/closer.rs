@@ -1,0 +1,100 @@
+//! sockgate patch: ending an engine.io session from outside the engine.
+//!
+//! A Socket.IO server built on this engine only ever sees a session's
+//! socket.io half; when it refuses a client's CONNECT, nothing it holds can
+//! end the engine.io session underneath, so the client could keep the session
+//! and retry without limit. Every engine built from a config registers itself
+//! with that config's [`SessionCloser`] (clones share one), and
+//! [`SessionCloser::close`] ends a session by id in whichever engine holds it.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+
+use engineioxide_core::{Packet, Sid};
+
+use crate::{DisconnectReason, engine::EngineIo, handler::EngineIoHandler};
+
+trait CloseSession: Send + Sync {
+    /// Closes `sid` if this engine holds it.
+    fn close_session_if_held(self: Arc<Self>, sid: Sid, reason: DisconnectReason) -> bool;
+}
+
+impl<H: EngineIoHandler> CloseSession for EngineIo<H> {
+    fn close_session_if_held(self: Arc<Self>, sid: Sid, reason: DisconnectReason) -> bool {
+        let Some(socket) = self.get_socket(sid) else {
+            return false;
+        };
+        if !socket.is_http() {
+            // A websocket writes what is queued, then the close packet,
+            // before it closes (see the connection loop).
+            socket.close(reason);
+            return true;
+        }
+        // Long-polling: removing the session now would answer the client's
+        // next GET with an unknown-session error instead of what is queued,
+        // and some clients (rust_socketio) act on a close packet before the
+        // packets that came with it in one payload. So: take no more input,
+        // let a GET take what is queued, then queue the close packet for the
+        // next GET, and remove the session once that is taken (or after
+        // `ping_timeout`, the time a live client has to poll).
+        if socket.closing.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        let timeout = self.config.ping_timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(timeout, async {
+                taken(&socket).await;
+                socket.send(Packet::Close).ok();
+                taken(&socket).await;
+            })
+            .await;
+            self.close_session(sid, reason);
+        });
+        true
+    }
+}
+
+/// Resolves once a GET has taken everything queued and answered (it holds
+/// the receiver until it has).
+async fn taken<D: Default + Send + Sync + 'static>(socket: &crate::Socket<D>) {
+    socket.internal_tx.drained().await;
+    drop(socket.internal_rx.lock().await);
+}
+
+/// A handle on every engine built from one config (a tower layer builds one
+/// engine per service it wraps).
+#[derive(Clone, Default)]
+pub struct SessionCloser {
+    engines: Arc<Mutex<Vec<Weak<dyn CloseSession>>>>,
+}
+
+impl std::fmt::Debug for SessionCloser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCloser").finish_non_exhaustive()
+    }
+}
+
+impl SessionCloser {
+    pub(crate) fn register<H: EngineIoHandler>(&self, engine: &Arc<EngineIo<H>>) {
+        let weak: Weak<dyn CloseSession> = Arc::downgrade(engine) as Weak<dyn CloseSession>;
+        let mut engines = self.engines.lock().unwrap();
+        engines.retain(|e| e.strong_count() > 0);
+        engines.push(weak);
+    }
+
+    /// Ends the engine.io session `sid`: what is queued still reaches the
+    /// client, then a close packet (on long-polling, with the client's next
+    /// GET). Returns whether an engine held it.
+    pub fn close(&self, sid: Sid, reason: DisconnectReason) -> bool {
+        let engines: Vec<Arc<dyn CloseSession>> = self
+            .engines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        engines
+            .into_iter()
+            .any(|engine| engine.close_session_if_held(sid, reason.clone()))
+    }
+}
