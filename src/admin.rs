@@ -122,6 +122,12 @@ pub async fn disconnect_guest(
     body: Bytes,
 ) -> Result<Json<Disconnected>, AdminError> {
     let admin = caller(&state, &headers).await?;
+    // Before any guest lookup: a caller who administers nothing is refused
+    // whatever the id, so guest ids cannot be enumerated.
+    if !guests::is_admin_anywhere(&state.db, &admin).await? {
+        tracing::warn!(admin = %admin, "admin route: caller is an admin of no organization");
+        return Err(AdminError::NotAdmin);
+    }
     // Ids that are not numbers name no guest.
     let guest_id: i64 = guest_id.parse().map_err(|_| AdminError::UnknownGuest)?;
     let guest = guests::find(&state.db, guest_id)

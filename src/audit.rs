@@ -7,7 +7,7 @@
 //! is counted as dropped and the count is reported, never silently lost.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -44,6 +44,7 @@ pub mod action {
     pub const ORIGIN_REJECTED: &str = "socket.origin_rejected";
     pub const GUEST_DISCONNECTED: &str = "guest.disconnected";
     pub const GUEST_LOCKED: &str = "socket.guest_locked";
+    pub const LIMIT_REFUSED: &str = "limit.refused";
 }
 
 #[derive(Debug, Clone)]
@@ -93,93 +94,138 @@ impl AuditEvent {
     }
 }
 
-const REDACTED: &str = "[redacted]";
-const MAX_HEADERS: usize = 64;
-const MAX_HEADER_VALUE: usize = 512;
+/// The request headers an audit row keeps: enough to tell clients apart
+/// and trace a request through proxies, and nothing that can carry a
+/// credential. Everything else a client sends is left out, so a row's size
+/// does not depend on what the client chose to send.
+pub const AUDITED_HEADERS: [&str; 6] = [
+    "user-agent",
+    "x-forwarded-for",
+    "forwarded",
+    "host",
+    "origin",
+    "referer",
+];
+const MAX_HEADER_VALUE: usize = 256;
+const MAX_VALUES_PER_HEADER: usize = 4;
 
-/// Whether a header may carry a credential. Errs on the side of redacting.
-pub fn is_secret_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    matches!(
-        name.as_str(),
-        "cookie" | "set-cookie" | "authorization" | "proxy-authorization"
-    ) || [
-        "token",
-        "secret",
-        "session",
-        "auth",
-        "key",
-        "password",
-        "credential",
-        "signature",
-    ]
-    .iter()
-    .any(|word| name.contains(word))
-}
-
-/// The request headers as JSON, secret-bearing ones redacted, long values
-/// cut, so that a hostile request cannot put a credential or a megabyte into
-/// the audit table.
-pub fn redact_headers(headers: &HeaderMap) -> Json {
+/// The audited headers of a request as JSON (a string, or an array when
+/// the header repeats), values cut to 256 characters, at most 4 values a
+/// header; `referer` without its query or fragment (they can carry tokens).
+pub fn audit_headers(headers: &HeaderMap) -> Json {
     let mut out = Map::new();
-    for (name, value) in headers.iter().take(MAX_HEADERS) {
-        let shown = if is_secret_header(name.as_str()) {
-            REDACTED.to_owned()
-        } else {
-            let text = String::from_utf8_lossy(value.as_bytes());
-            text.chars().take(MAX_HEADER_VALUE).collect()
-        };
-        match out.get_mut(name.as_str()) {
-            Some(Json::Array(values)) => values.push(Json::String(shown)),
-            Some(existing) => {
-                let first = existing.take();
-                *existing = Json::Array(vec![first, Json::String(shown)]);
+    for name in AUDITED_HEADERS {
+        let mut values: Vec<Json> = headers
+            .get_all(name)
+            .iter()
+            .take(MAX_VALUES_PER_HEADER)
+            .map(|value| {
+                let text = String::from_utf8_lossy(value.as_bytes());
+                let text = if name == "referer" {
+                    text.split(['?', '#']).next().unwrap_or_default().to_owned()
+                } else {
+                    text.into_owned()
+                };
+                Json::String(text.chars().take(MAX_HEADER_VALUE).collect())
+            })
+            .collect();
+        match values.len() {
+            0 => {}
+            1 => {
+                out.insert(name.to_owned(), values.remove(0));
             }
-            None => {
-                out.insert(name.as_str().to_owned(), Json::String(shown));
+            _ => {
+                out.insert(name.to_owned(), Json::Array(values));
             }
         }
     }
     Json::Object(out)
 }
 
+impl AuditEvent {
+    /// What the event holds in memory while queued, roughly: the bound the
+    /// queue keeps in bytes is on this.
+    fn weight(&self) -> usize {
+        let text = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let json = |j: &Option<Json>| j.as_ref().map_or(0, |j| j.to_string().len());
+        std::mem::size_of::<Self>()
+            + text(&self.user_id)
+            + text(&self.socket_id)
+            + text(&self.session_ref)
+            + text(&self.reason)
+            + text(&self.client_ip)
+            + json(&self.headers)
+            + json(&self.details)
+    }
+}
+
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<AuditEvent>,
+    tx: mpsc::Sender<(AuditEvent, usize)>,
     capacity: usize,
+    max_bytes: usize,
+    bytes: Arc<AtomicUsize>,
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
 }
 
 impl AuditLog {
-    /// Starts the writer task on the current runtime.
-    pub fn spawn(db: DatabaseConnection, capacity: usize) -> Self {
+    /// Starts the writer task on the current runtime. The queue holds at
+    /// most `capacity` events and `max_bytes` of them.
+    pub fn spawn(
+        db: DatabaseConnection,
+        capacity: usize,
+        max_bytes: usize,
+        metrics: crate::metrics::Metrics,
+    ) -> Self {
         let capacity = capacity.max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let log = Self {
             tx,
             capacity,
+            max_bytes,
+            bytes: Arc::default(),
             dropped: Arc::default(),
             written: Arc::default(),
         };
-        tokio::spawn(writer(db, rx, log.written.clone()));
+        // The receiver outlives a writer that panicked: the next one goes on
+        // with what is queued (a batch in flight is lost with the panic).
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let (written, bytes) = (log.written.clone(), log.bytes.clone());
+        crate::supervise::spawn("audit_writer", metrics, move || {
+            writer(db.clone(), rx.clone(), written.clone(), bytes.clone())
+        });
         log
     }
 
     /// Queues an event; never blocks.
     pub fn record(&self, event: AuditEvent) {
-        if let Err(err) = self.tx.try_send(event) {
+        let weight = event.weight();
+        let queued = self.bytes.fetch_add(weight, Ordering::Relaxed);
+        let refused = if queued + weight > self.max_bytes {
+            Some(event.action)
+        } else {
+            self.tx
+                .try_send((event, weight))
+                .err()
+                .map(|err| match err {
+                    mpsc::error::TrySendError::Full((e, _))
+                    | mpsc::error::TrySendError::Closed((e, _)) => e.action,
+                })
+        };
+        if let Some(action) = refused {
+            self.bytes.fetch_sub(weight, Ordering::Relaxed);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // Powers of two: a flood cannot flood the log as well.
             if dropped.is_power_of_two() {
-                let action = match &err {
-                    mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => {
-                        e.action
-                    }
-                };
                 tracing::error!(dropped, action, "audit buffer full: audit events dropped");
             }
         }
+    }
+
+    /// Bytes of events waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Events dropped because the buffer was full.
@@ -202,15 +248,18 @@ const BATCH: usize = 256;
 
 async fn writer(
     db: DatabaseConnection,
-    mut rx: mpsc::Receiver<AuditEvent>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<(AuditEvent, usize)>>>,
     written: Arc<AtomicU64>,
+    bytes: Arc<AtomicUsize>,
 ) {
+    let mut rx = rx.lock().await;
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let mut backoff = Duration::from_millis(100);
         let count = batch.len() as u64;
+        let weight: usize = batch.iter().map(|(_, w)| w).sum();
         loop {
-            let models = batch.iter().cloned().map(AuditEvent::into_active_model);
+            let models = batch.iter().map(|(e, _)| e.clone().into_active_model());
             match audit_log::Entity::insert_many(models)
                 .exec_without_returning(&db)
                 .await
@@ -224,6 +273,7 @@ async fn writer(
             }
         }
         written.fetch_add(count, Ordering::Relaxed);
+        bytes.fetch_sub(weight, Ordering::Relaxed);
         batch.clear();
     }
 }
@@ -232,17 +282,61 @@ async fn writer(
 mod tests {
     use super::*;
 
+    /// The database is away (a closed pool): the queue fills, and it stops
+    /// at its byte bound, not only at its event count; what it refuses is
+    /// counted.
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        db.close_by_ref().await.unwrap();
+        let max_bytes = 64 * 1024;
+        let log = AuditLog::spawn(db, 100_000, max_bytes, crate::metrics::Metrics::new());
+        for i in 0..1000 {
+            let mut event = AuditEvent::new(action::AUTH_FAILED, Severity::Warn);
+            event.details = Some(serde_json::json!({ "i": i, "pad": "x".repeat(1000) }));
+            log.record(event);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            log.queued_bytes() <= max_bytes,
+            "{} bytes held",
+            log.queued_bytes()
+        );
+        assert!(log.dropped() > 900, "{} dropped", log.dropped());
+        assert!(log.depth() < 100, "{} queued", log.depth());
+    }
+
     #[test]
-    fn secret_headers_are_redacted() {
+    fn only_audited_headers_are_kept_and_bounded() {
         let mut h = HeaderMap::new();
         h.insert("cookie", "connect.sid=s%3Asecret".parse().unwrap());
         h.insert("authorization", "Bearer abc".parse().unwrap());
         h.insert("x-api-key", "k".parse().unwrap());
-        h.insert("x-session-token", "t".parse().unwrap());
         h.insert("user-agent", "test".parse().unwrap());
-        let json = redact_headers(&h).to_string();
-        assert!(!json.contains("secret") && !json.contains("abc") && !json.contains("\"k\""));
-        assert!(json.contains("\"user-agent\":\"test\""));
-        assert!(json.contains("\"cookie\":\"[redacted]\""));
+        h.insert(
+            "referer",
+            "https://app.example/page?token=abc#x".parse().unwrap(),
+        );
+        h.insert("host", "a".repeat(5000).parse().unwrap());
+        for i in 0..10 {
+            h.append("x-forwarded-for", format!("10.0.0.{i}").parse().unwrap());
+        }
+        for i in 0..1000 {
+            let name = http::HeaderName::try_from(format!("x-junk-{i}")).unwrap();
+            h.append(name, "v".parse().unwrap());
+        }
+        let json = audit_headers(&h);
+        let text = json.to_string();
+        assert!(!text.contains("secret") && !text.contains("abc") && !text.contains("junk"));
+        assert_eq!(json["user-agent"], "test");
+        assert_eq!(json["referer"], "https://app.example/page");
+        assert_eq!(json["host"].as_str().unwrap().len(), 256);
+        assert_eq!(json["x-forwarded-for"].as_array().unwrap().len(), 4);
+        assert_eq!(json.as_object().unwrap().len(), 4);
+        assert!(
+            text.len() < 2048,
+            "a row's headers are small whatever is sent: {}",
+            text.len()
+        );
     }
 }

@@ -145,7 +145,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 server::prepare_dev_database(&config, &db).await?;
             }
             let ttl = ttl.map_or_else(|| config.session_ttl(), std::time::Duration::from_secs);
-            let minted = server::mint_session(&config, &db, &UserId::new(user), ttl)
+            let store = crate::session_store::SessionStore::new(
+                &db,
+                config.session_schema.as_deref(),
+                &config.session_table,
+            );
+            let minted = server::mint_session(&store, &config.secrets()?, &UserId::new(user), ttl)
                 .await
                 .context("could not write the session row")?;
             println!("Cookie: {}={}", config.cookie_name, minted.cookie_value);

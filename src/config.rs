@@ -129,7 +129,115 @@ pub struct Config {
     /// `web/` on SQLite; on PostgreSQL nothing is served unless this is set).
     #[arg(long, env = "WEB_DIR", global = true)]
     pub web_dir: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub limits: LimitsConfig,
 }
+
+/// What one client may make the server hold: each bound has a safe default
+/// (README › Threat model).
+#[derive(Args, Clone, Debug)]
+pub struct LimitsConfig {
+    /// Open TCP connections from one client IP (websockets included).
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS_PER_IP",
+        default_value_t = 256,
+        global = true
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// New engine.io sessions (handshakes) per client IP per second...
+    #[arg(
+        long,
+        env = "HANDSHAKES_PER_IP_PER_SEC",
+        default_value_t = 20,
+        global = true
+    )]
+    pub handshakes_per_ip_per_sec: u32,
+
+    /// ...after a burst of this many.
+    #[arg(
+        long,
+        env = "HANDSHAKE_BURST_PER_IP",
+        default_value_t = 60,
+        global = true
+    )]
+    pub handshake_burst_per_ip: u32,
+
+    /// Sockets one user may hold on this node; the newest beyond it is
+    /// refused with `Too many connections`.
+    #[arg(
+        long,
+        env = "MAX_SOCKETS_PER_USER",
+        default_value_t = 64,
+        global = true
+    )]
+    pub max_sockets_per_user: usize,
+
+    /// Sockets one session (one browser) may hold on this node.
+    #[arg(
+        long,
+        env = "MAX_SOCKETS_PER_SESSION",
+        default_value_t = 32,
+        global = true
+    )]
+    pub max_sockets_per_session: usize,
+
+    /// Largest websocket message, in bytes (a CONNECT and its `auth`
+    /// payload included: refused before it is parsed).
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub ws_max_message_bytes: usize,
+
+    /// Largest websocket frame, in bytes.
+    #[arg(long, env = "WS_MAX_FRAME_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub ws_max_frame_bytes: usize,
+
+    /// Largest long-polling POST body, in bytes.
+    #[arg(long, env = "MAX_POLLING_PAYLOAD_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_polling_payload_bytes: u64,
+
+    /// Largest request head (request line and headers), in bytes; at least
+    /// 8192. A larger one is answered 431.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 16 * 1024, global = true)]
+    pub max_header_bytes: usize,
+
+    /// Time a client has to send a request's headers.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub header_read_timeout: Duration,
+
+    /// Time an engine.io session has to join the namespace (a successful
+    /// Socket.IO CONNECT) before it is closed.
+    #[arg(long, env = "CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub connect_timeout: Duration,
+
+    /// Refusals of one client IP written to the log and the audit table per
+    /// second (all are counted in /metrics; the next row written carries how
+    /// many were left out)...
+    #[arg(
+        long,
+        env = "REFUSAL_LOG_PER_IP_PER_SEC",
+        default_value_t = 2,
+        global = true
+    )]
+    pub refusal_log_per_ip_per_sec: u32,
+
+    /// ...after a burst of this many.
+    #[arg(
+        long,
+        env = "REFUSAL_LOG_BURST_PER_IP",
+        default_value_t = 20,
+        global = true
+    )]
+    pub refusal_log_burst_per_ip: u32,
+
+    /// Bytes of audit events held in memory (with AUDIT_BUFFER events).
+    #[arg(long, env = "AUDIT_BUFFER_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
+    pub audit_buffer_bytes: usize,
+}
+
+/// hyper refuses a smaller read buffer (it would panic).
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 /// The Redis adapter's driver needs RESP3 (push messages); a URL that does
 /// not choose a protocol gets it.
@@ -171,6 +279,18 @@ pub enum ConfigError {
     RedisUrlRequired,
     #[error("SESSION_COOKIE_NAME may not be empty")]
     EmptyCookieName,
+    #[error(
+        "development mode (DATABASE_URL is SQLite) listens on loopback only, not {0}: set LISTEN_ADDR to a 127.0.0.1 address, or DATABASE_URL to the production PostgreSQL"
+    )]
+    DevelopmentListen(SocketAddr),
+    #[error(
+        "development mode (DATABASE_URL is SQLite) runs on one node with the local adapter: unset ADAPTER (or set ADAPTER=local), or set DATABASE_URL to the production PostgreSQL"
+    )]
+    DevelopmentAdapter,
+    #[error("MAX_HEADER_BYTES must be at least {MIN_HEADER_BYTES}")]
+    HeaderBytesTooSmall,
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
     #[error("{what}: {entry:?} is not an origin ({error})")]
     BadOrigin {
         what: &'static str,
@@ -208,10 +328,19 @@ impl Config {
         self.database_url.starts_with("sqlite:")
     }
 
-    /// The secrets, with the development fallback on SQLite only.
+    /// Development mode: the database is SQLite. It alone has the
+    /// development secret (when SESSION_SECRET is unset), the seeded users,
+    /// `POST /dev/login` and the browser client by default, and it only
+    /// listens on loopback with the local adapter, so a node that lost its
+    /// DATABASE_URL cannot come up reachable or join a production cluster.
+    pub fn is_development(&self) -> bool {
+        self.is_sqlite()
+    }
+
+    /// The secrets, with the development fallback in development mode only.
     pub fn secrets(&self) -> Result<Secrets, ConfigError> {
         if self.secrets.is_empty() {
-            if self.is_sqlite() {
+            if self.is_development() {
                 return Ok(Secrets::new([DEV_SECRET])?);
             }
             return Err(ConfigError::SecretRequired);
@@ -266,7 +395,40 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.secrets()?;
         self.allowlist()?;
-        self.adapter()?;
+        let adapter = self.adapter()?;
+        if self.is_development() {
+            if !self.listen.ip().is_loopback() {
+                return Err(ConfigError::DevelopmentListen(self.listen));
+            }
+            if adapter != AdapterKind::Local {
+                return Err(ConfigError::DevelopmentAdapter);
+            }
+        }
+        let l = &self.limits;
+        if l.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(ConfigError::HeaderBytesTooSmall);
+        }
+        for (name, value) in [
+            ("MAX_CONNECTIONS_PER_IP", l.max_connections_per_ip),
+            ("MAX_SOCKETS_PER_USER", l.max_sockets_per_user),
+            ("MAX_SOCKETS_PER_SESSION", l.max_sockets_per_session),
+            (
+                "HANDSHAKES_PER_IP_PER_SEC",
+                l.handshakes_per_ip_per_sec as usize,
+            ),
+            ("HANDSHAKE_BURST_PER_IP", l.handshake_burst_per_ip as usize),
+            ("WS_MAX_MESSAGE_BYTES", l.ws_max_message_bytes),
+            ("WS_MAX_FRAME_BYTES", l.ws_max_frame_bytes),
+            (
+                "MAX_POLLING_PAYLOAD_BYTES",
+                l.max_polling_payload_bytes as usize,
+            ),
+            ("AUDIT_BUFFER_BYTES", l.audit_buffer_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit(name));
+            }
+        }
         if self.cookie_name.is_empty() {
             return Err(ConfigError::EmptyCookieName);
         }

@@ -1,11 +1,12 @@
 //! Connecting to the session database: SQLite in development, PostgreSQL in
 //! production, both behind one sea-orm connection.
 //!
-//! On PostgreSQL every pooled connection is put in the time zone the Node
-//! app's connections use, so that `expire` (a timestamp WITHOUT time zone,
-//! written by connect-pg-simple as `to_timestamp(..)` in that zone) means the
-//! same instant to sockgate as to the Node app. sqlx opens every connection
-//! with `TimeZone=UTC`, which would shift every expiry by the zone's offset.
+//! On PostgreSQL the zone the Node app's connections use is detected once
+//! (or configured) and every statement on `expire` names it (see
+//! `session_store`): `expire` is a timestamp WITHOUT time zone, written by
+//! connect-pg-simple as `to_timestamp(..)` in that zone. No connection's
+//! `TimeZone` is relied on: sqlx opens every connection with `TimeZone=UTC`,
+//! and a pooler may reset whatever a session sets.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -27,6 +28,10 @@ pub enum DbError {
         "could not detect the database's default time zone ({0}); set SESSION_TIMEZONE to the zone the Node app's connections use"
     )]
     ZoneDetection(String),
+    #[error(
+        "time zone {zone:?} (SESSION_TIMEZONE or the database default) is not one PostgreSQL knows: {error}"
+    )]
+    BadZone { zone: String, error: String },
     #[error("database error: {0}")]
     Db(#[from] sea_orm::DbErr),
     #[error("database error: {0}")]
@@ -88,23 +93,21 @@ async fn connect_postgres(config: &Config) -> Result<Database, DbError> {
         Some(zone) => zone.clone(),
         None => detect_default_zone(&config.database_url).await?,
     };
-    let zone_for_conns = zone.clone();
     let pool = PgPoolOptions::new()
         .max_connections(config.db_max_connections.max(1))
         .acquire_timeout(config.db_acquire_timeout())
-        .after_connect(move |conn, _meta| {
-            let zone = zone_for_conns.clone();
-            Box::pin(async move {
-                sqlx::query("SELECT set_config('TimeZone', $1, false)")
-                    .bind(zone)
-                    .execute(conn)
-                    .await?;
-                Ok(())
-            })
-        })
         .connect_with(options)
         .await?;
-    tracing::info!(session_zone = %zone, "session expiry is read in the database's default time zone");
+    // A zone PostgreSQL does not know would fail every session query.
+    sqlx::query("SELECT now() AT TIME ZONE $1")
+        .bind(&zone)
+        .execute(&pool)
+        .await
+        .map_err(|e| DbError::BadZone {
+            zone: zone.clone(),
+            error: e.to_string(),
+        })?;
+    tracing::info!(session_zone = %zone, "session expiry is read and written in this zone");
     Ok(Database {
         conn: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
         session_zone: Some(zone),
@@ -125,24 +128,12 @@ pub fn adapter_pool(config: &Config) -> Result<sqlx::PgPool, DbError> {
 }
 
 /// The time zone a client that sends none (node-postgres) gets: the role's,
-/// the database's or the server's default. sqlx always sends one, so the
-/// probe uses tokio-postgres, which does not.
+/// the database's or the server's default (see `zone_probe`).
 pub async fn detect_default_zone(url: &str) -> Result<String, DbError> {
-    let pg_config = tokio_postgres::Config::from_str(url)
-        .map_err(|e| DbError::ZoneDetection(format!("cannot parse the URL: {e}")))?;
-    let probe = async {
-        let (client, connection) = pg_config.connect(tokio_postgres::NoTls).await?;
-        let conn_task = tokio::spawn(connection);
-        let row = client.query_one("SHOW TimeZone", &[]).await;
-        drop(client);
-        let _ = conn_task.await;
-        row.map(|r| r.get::<_, String>(0))
-    };
-    match tokio::time::timeout(Duration::from_secs(10), probe).await {
-        Ok(Ok(zone)) => Ok(zone),
-        Ok(Err(e)) => Err(DbError::ZoneDetection(e.to_string())),
-        Err(_) => Err(DbError::ZoneDetection("timed out".into())),
-    }
+    crate::zone_probe::default_zone(url)
+        .await
+        .map(|probe| probe.zone)
+        .map_err(|e| DbError::ZoneDetection(e.to_string()))
 }
 
 /// Runs sockgate's own migrations (never touches the session table).

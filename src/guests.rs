@@ -52,6 +52,17 @@ pub async fn find(db: &DatabaseConnection, id: i64) -> Result<Option<guest::Mode
 }
 
 /// Whether `user` is an `admin` member of `organization`.
+/// Whether `user` is an admin of any organization: who is not cannot learn
+/// which guest ids exist.
+pub async fn is_admin_anywhere(db: &DatabaseConnection, user: &UserId) -> Result<bool, DbErr> {
+    Ok(member::Entity::find()
+        .filter(member::Column::UserId.eq(user.as_str()))
+        .filter(member::Column::Role.eq(member::ROLE_ADMIN))
+        .one(db)
+        .await?
+        .is_some())
+}
+
 pub async fn is_admin_of(
     db: &DatabaseConnection,
     user: &UserId,

@@ -21,11 +21,7 @@ pub async fn compact(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if !req
-        .uri()
-        .path()
-        .starts_with(crate::origin_guard::SOCKET_PATH)
-    {
+    if !crate::origin_guard::is_engine_path(req.uri().path()) {
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();

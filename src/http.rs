@@ -69,6 +69,7 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
         }
     };
     tracing::info!(adapter = ?kind, "Socket.IO adapter");
+    let metrics = state.metrics.clone();
     Ok(routes
         .layer(axum::middleware::from_fn(handshake_request::compact))
         .layer(crate::origin_guard::cors(state.allowlist.clone()))
@@ -76,7 +77,25 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
             state.clone(),
             crate::origin_guard::guard,
         ))
+        .layer(catch_panics(metrics))
         .with_state(state))
+}
+
+/// Outermost layer: a panic anywhere below is a 500, counted, and logged
+/// (rate-limited) by the panic hook, never a dropped connection.
+pub fn catch_panics(
+    metrics: crate::metrics::Metrics,
+) -> tower_http::catch_panic::CatchPanicLayer<
+    impl tower_http::catch_panic::ResponseForPanic<ResponseBody = axum::body::Body>,
+> {
+    tower_http::catch_panic::CatchPanicLayer::custom(move |_: Box<dyn std::any::Any + Send>| {
+        metrics.panics.inc();
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            crate::messages::INTERNAL_ERROR,
+        )
+            .into_response()
+    })
 }
 
 /// Ready when the session database answers.
@@ -105,4 +124,39 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         m.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_counted_500() {
+        let metrics = crate::metrics::Metrics::new();
+        let app: Router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    let v: Vec<u8> = Vec::new();
+                    #[allow(clippy::indexing_slicing)]
+                    let _ = v[3];
+                    "unreachable"
+                }),
+            )
+            .layer(catch_panics(metrics.clone()));
+        for _ in 0..3 {
+            let resp = app
+                .clone()
+                .oneshot(
+                    axum::http::Request::get("/boom")
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        }
+        assert!(metrics.render().contains("sockgate_panics_total 3"));
+    }
 }

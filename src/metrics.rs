@@ -28,6 +28,10 @@ pub struct Metrics {
     pub audit_buffer_depth: Gauge,
     pub audit_dropped: Gauge,
     pub audit_written: Gauge,
+    pub audit_suppressed: Counter,
+    pub panics: Counter,
+    pub refusals: Family<Labels, Counter>,
+    pub background_restarts: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,6 +59,10 @@ impl Metrics {
             audit_buffer_depth: Gauge::default(),
             audit_dropped: Gauge::default(),
             audit_written: Gauge::default(),
+            audit_suppressed: Counter::default(),
+            panics: Counter::default(),
+            refusals: Family::default(),
+            background_restarts: Family::default(),
         };
         r.register(
             "handshakes",
@@ -126,6 +134,26 @@ impl Metrics {
             "Audit events written",
             m.audit_written.clone(),
         );
+        r.register(
+            "audit_suppressed",
+            "Refusals left out of the log and the audit table by the per-client rate limit",
+            m.audit_suppressed.clone(),
+        );
+        r.register(
+            "panics",
+            "Request handlers that panicked (answered 500)",
+            m.panics.clone(),
+        );
+        r.register(
+            "limit_refusals",
+            "Requests, connections and sockets refused by a limit, by limit",
+            m.refusals.clone(),
+        );
+        r.register(
+            "background_restarts",
+            "Background tasks restarted after a panic, by task",
+            m.background_restarts.clone(),
+        );
         Self {
             registry: Arc::new(r),
             ..m
@@ -136,6 +164,10 @@ impl Metrics {
         self.handshakes
             .get_or_create(&vec![("outcome", outcome)])
             .inc();
+    }
+
+    pub fn refused(&self, limit: &'static str) {
+        self.refusals.get_or_create(&vec![("limit", limit)]).inc();
     }
 
     pub fn render(&self) -> String {

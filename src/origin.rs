@@ -63,8 +63,16 @@ impl Origin {
         if scheme != "http" && scheme != "https" {
             return Err(OriginError::Scheme);
         }
-        // Url normalizes an empty path to "/", so look at the text itself.
-        let after_scheme = &text[scheme.len() + 3..];
+        // Url normalizes an empty path to "/" and accepts `http:host`, so
+        // look at the text itself: it must spell `scheme://` in full. `get`
+        // rather than slicing: the text may be shorter, or multibyte there.
+        let prefix_len = scheme.len() + 3;
+        let after_scheme = match (text.get(..prefix_len), text.get(prefix_len..)) {
+            (Some(prefix), Some(rest)) if prefix.eq_ignore_ascii_case(&format!("{scheme}://")) => {
+                rest
+            }
+            _ => return Err(OriginError::NotAnOrigin),
+        };
         if !url.username().is_empty()
             || url.password().is_some()
             || url.query().is_some()
@@ -179,6 +187,9 @@ pub enum Rejection {
     /// Not a parseable origin; the raw text is kept for the log.
     Malformed(String),
     NotAllowed(Origin),
+    /// More than one `Origin` header: Node joins repeated headers into one
+    /// value that is no origin, so the Node stack refuses it; so does this.
+    Ambiguous,
 }
 
 impl Rejection {
@@ -189,6 +200,7 @@ impl Rejection {
             Rejection::Null => "null".into(),
             Rejection::Malformed(raw) => raw.chars().take(200).collect(),
             Rejection::NotAllowed(o) => o.to_string(),
+            Rejection::Ambiguous => "<several>".into(),
         }
     }
 
@@ -198,6 +210,7 @@ impl Rejection {
             Rejection::Null => "null origin",
             Rejection::Malformed(_) => "malformed origin",
             Rejection::NotAllowed(_) => "origin not allowed",
+            Rejection::Ambiguous => "several origin headers",
         }
     }
 }
@@ -260,6 +273,17 @@ impl Allowlist {
             Err(_) => Verdict::Rejected(Rejection::Malformed(text.to_owned())),
             Ok(origin) if self.entries.iter().any(|e| e.matches(&origin)) => Verdict::Allowed,
             Ok(origin) => Verdict::Rejected(Rejection::NotAllowed(origin)),
+        }
+    }
+
+    /// Judges a request's `Origin` headers: none, exactly one, or (refused)
+    /// several, whatever their values.
+    pub fn check_headers(&self, headers: &http::HeaderMap) -> Verdict {
+        let mut origins = headers.get_all(http::header::ORIGIN).iter();
+        match (origins.next(), origins.next()) {
+            (first, None) => self.check(first.map(http::HeaderValue::as_bytes)),
+            (Some(_), Some(_)) => Verdict::Rejected(Rejection::Ambiguous),
+            (None, Some(_)) => unreachable!("an iterator yields nothing after its end"),
         }
     }
 
@@ -339,6 +363,57 @@ mod tests {
     }
 
     #[test]
+    fn short_or_multibyte_scheme_tails_are_refused_not_panics() {
+        let l = list();
+        for bad in [
+            "http:a",
+            "https:/é.com",
+            "http:",
+            "https:",
+            "http:/",
+            "https:/a",
+            "http:é",
+            "https:éé",
+            "http:/\u{10FFFF}",
+            "HTTP:x",
+            "http:\\a",
+            "https:a.tenant.io",
+        ] {
+            assert!(
+                matches!(l.check(Some(bad.as_bytes())), Verdict::Rejected(_)),
+                "{bad:?} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn several_origin_headers_are_refused() {
+        let l = list();
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::ORIGIN,
+            "https://app.example.com".parse().unwrap(),
+        );
+        assert_eq!(l.check_headers(&h), Verdict::Allowed);
+        h.append(
+            http::header::ORIGIN,
+            "https://app.example.com".parse().unwrap(),
+        );
+        assert_eq!(l.check_headers(&h), Verdict::Rejected(Rejection::Ambiguous));
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::ORIGIN,
+            "https://app.example.com".parse().unwrap(),
+        );
+        h.append(
+            http::header::ORIGIN,
+            "https://evil.example".parse().unwrap(),
+        );
+        assert_eq!(l.check_headers(&h), Verdict::Rejected(Rejection::Ambiguous));
+        assert_eq!(l.check_headers(&http::HeaderMap::new()), Verdict::NoOrigin);
+    }
+
+    #[test]
     fn bad_configuration_is_an_error() {
         assert!(Allowlist::parse("https://ok.com, not a url", true).is_err());
         assert!(Allowlist::parse("https://ok.com/path", true).is_err());
@@ -388,6 +463,24 @@ mod tests {
                 let text = std::str::from_utf8(&bytes).unwrap();
                 let s = Origin::parse(text).unwrap().to_string();
                 prop_assert!(s == "https://app.example.com" || s == "http://localhost:3000" || s.ends_with(".tenant.io"));
+            }
+        }
+
+        /// `scheme:` followed by anything short, multibyte or odd: parsing
+        /// never panics, and nothing unlisted is admitted.
+        #[test]
+        fn scheme_with_any_tail_never_panics(
+            scheme in prop::sample::select(vec!["http", "https", "HTTP", "Https", "ws", "x"]),
+            colon in prop::sample::select(vec![":", ":/", "://", ":\\", ":///"]),
+            tail in "\\PC{0,6}",
+        ) {
+            let candidate = format!("{scheme}{colon}{tail}");
+            let v = list().check(Some(candidate.as_bytes()));
+            if v == Verdict::Allowed {
+                let s = Origin::parse(&candidate).unwrap().to_string();
+                prop_assert!(s == "https://app.example.com" || s == "http://localhost:3000" || s.ends_with(".tenant.io"));
+                let prefix = format!("{}://", scheme.to_ascii_lowercase());
+                prop_assert!(candidate.to_ascii_lowercase().starts_with(&prefix));
             }
         }
 

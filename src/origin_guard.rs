@@ -20,7 +20,15 @@ use crate::audit::{self, AuditEvent, Severity};
 use crate::origin::{Allowlist, Rejection, Verdict};
 use crate::server::AppState;
 
-pub const SOCKET_PATH: &str = "/socket.io/";
+/// Where the Socket.IO layer serves engine.io (the engine's `req_path`).
+pub const ENGINE_PATH: &str = "/socket.io";
+
+/// Whether the engine would serve a request for `path`: the engine's own
+/// matcher, so that no spelling it accepts (`/socket.io`, `/socket.io/`,
+/// `/socket.io/x`) can pass the guard unchecked.
+pub fn is_engine_path(path: &str) -> bool {
+    engineioxide::service::is_req_path(path, ENGINE_PATH)
+}
 
 /// Logs and audit rows for violations are rate-limited so that a flood
 /// cannot fill the log or the audit table; the metric counts every one.
@@ -42,7 +50,7 @@ impl Default for ViolationLog {
 }
 
 fn transport(req: &Request) -> &'static str {
-    if !req.uri().path().starts_with(SOCKET_PATH) {
+    if !is_engine_path(req.uri().path()) {
         return "http";
     }
     let upgrade = req
@@ -62,7 +70,7 @@ fn transport(req: &Request) -> &'static str {
 }
 
 fn needs_check(req: &Request) -> bool {
-    req.uri().path().starts_with(SOCKET_PATH)
+    is_engine_path(req.uri().path())
         || !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
@@ -70,14 +78,55 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
     if !needs_check(&req) {
         return next.run(req).await;
     }
-    let origin = req.headers().get(header::ORIGIN).map(HeaderValue::as_bytes);
-    match state.allowlist.check(origin) {
-        Verdict::Allowed | Verdict::NoOrigin => next.run(req).await,
+    match state.allowlist.check_headers(req.headers()) {
+        Verdict::Allowed | Verdict::NoOrigin => {
+            if is_engine_path(req.uri().path())
+                && crate::limits::is_handshake(req.uri().query())
+                && !state
+                    .handshakes
+                    .allow(client_addr(&req).unwrap_or(crate::limits::UNKNOWN_CLIENT))
+            {
+                return too_many_handshakes(&state, &req);
+            }
+            next.run(req).await
+        }
         Verdict::Rejected(rejection) => {
             record_violation(&state, &req, &rejection);
-            (StatusCode::FORBIDDEN, "Origin not allowed").into_response()
+            (StatusCode::FORBIDDEN, crate::messages::ORIGIN_NOT_ALLOWED).into_response()
         }
     }
+}
+
+fn client_addr(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip())
+}
+
+/// Over the per-IP rate of new engine.io sessions: 429 before the engine
+/// allocates anything.
+fn too_many_handshakes(state: &AppState, req: &Request) -> Response {
+    state.metrics.refused("handshakes_per_ip");
+    let ip = client_addr(req);
+    let limits = &state.config.limits;
+    let mut event = crate::refusal::limit_event(
+        "handshakes_per_ip",
+        ip,
+        serde_json::json!({
+            "per_second": limits.handshakes_per_ip_per_sec,
+            "burst": limits.handshake_burst_per_ip,
+            "transport": transport(req),
+        }),
+    );
+    event.headers = Some(audit::audit_headers(req.headers()));
+    crate::refusal::record(state, ip, event, |suppressed| {
+        tracing::warn!(ip = ?ip, suppressed_since_last = suppressed, "handshake refused: too many from this IP");
+    });
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        crate::messages::TOO_MANY_HANDSHAKES,
+    )
+        .into_response()
 }
 
 fn record_violation(state: &AppState, req: &Request, rejection: &Rejection) {
@@ -93,10 +142,7 @@ fn record_violation(state: &AppState, req: &Request, rejection: &Rejection) {
         return;
     }
     let suppressed = log.suppressed.swap(0, Ordering::Relaxed);
-    let client_ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(a)| a.ip().to_string());
+    let client_ip = client_addr(req).map(|ip| ip.to_string());
     let shown = rejection.shown();
     let allowlist = state.allowlist.describe();
     tracing::warn!(origin = %shown, transport, ip = ?client_ip, path = req.uri().path(), allowlist = %allowlist,
@@ -104,7 +150,7 @@ fn record_violation(state: &AppState, req: &Request, rejection: &Rejection) {
     let mut event = AuditEvent::new(audit::action::ORIGIN_REJECTED, Severity::Warn);
     event.reason = Some(rejection.reason().to_owned());
     event.client_ip = client_ip;
-    event.headers = Some(audit::redact_headers(req.headers()));
+    event.headers = Some(audit::audit_headers(req.headers()));
     event.details = Some(serde_json::json!({
         "origin": shown,
         "transport": transport,

@@ -45,6 +45,21 @@ struct Inner {
     by_sid: HashMap<Arc<str>, Entry>,
     /// sha256(sid) → sid, for revocation notices that carry no sid.
     by_digest: HashMap<[u8; 32], Arc<str>>,
+    /// Sockets per user, for the per-user limit at the handshake.
+    by_user: HashMap<UserId, usize>,
+}
+
+impl Inner {
+    fn count_user(&mut self, user: &UserId, delta: isize) {
+        if delta > 0 {
+            *self.by_user.entry(user.clone()).or_default() += delta as usize;
+        } else if let Some(n) = self.by_user.get_mut(user) {
+            *n = n.saturating_sub(delta.unsigned_abs());
+            if *n == 0 {
+                self.by_user.remove(user);
+            }
+        }
+    }
 }
 
 #[derive(Default, Clone)]
@@ -67,6 +82,7 @@ pub struct LiveSession {
 impl Registry {
     pub fn add(&self, sid: &str, user_id: &UserId, socket: Arc<dyn SocketHandle>) {
         let mut inner = self.inner.lock().unwrap();
+        inner.count_user(user_id, 1);
         if let Some(entry) = inner.by_sid.get_mut(sid) {
             entry.sockets.push(socket);
             return;
@@ -87,8 +103,13 @@ impl Registry {
         let Some(entry) = inner.by_sid.get_mut(sid) else {
             return;
         };
+        let before = entry.sockets.len();
         entry.sockets.retain(|s| s.id() != socket_id);
-        if entry.sockets.is_empty() {
+        let removed = (before - entry.sockets.len()) as isize;
+        let user = entry.user_id.clone();
+        let empty = entry.sockets.is_empty();
+        inner.count_user(&user, -removed);
+        if empty {
             inner.by_sid.remove(sid);
             inner.by_digest.remove(&digest_bytes(sid));
         }
@@ -100,11 +121,22 @@ impl Registry {
     pub fn sessions(&self) -> Vec<LiveSession> {
         let mut inner = self.inner.lock().unwrap();
         let mut gone = Vec::new();
+        let mut forgotten = Vec::new();
         for (sid, entry) in inner.by_sid.iter_mut() {
+            let before = entry.sockets.len();
             entry.sockets.retain(|s| s.connected());
+            if entry.sockets.len() < before {
+                forgotten.push((
+                    entry.user_id.clone(),
+                    (before - entry.sockets.len()) as isize,
+                ));
+            }
             if entry.sockets.is_empty() {
                 gone.push(sid.clone());
             }
+        }
+        for (user, n) in forgotten {
+            inner.count_user(&user, -n);
         }
         for sid in gone {
             inner.by_sid.remove(&sid);
@@ -119,6 +151,15 @@ impl Registry {
                 sockets: e.sockets.len(),
             })
             .collect()
+    }
+
+    /// How many sockets `user` (across sessions) and session `sid` hold on
+    /// this node.
+    pub fn counts(&self, sid: &str, user: &UserId) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap();
+        let session = inner.by_sid.get(sid).map_or(0, |e| e.sockets.len());
+        let user = inner.by_user.get(user).copied().unwrap_or(0);
+        (user, session)
     }
 
     pub fn socket_count(&self) -> usize {

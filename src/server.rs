@@ -19,6 +19,7 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::db::{self, Database};
 use crate::fleet::FleetCell;
+use crate::limits::{PerClientRate, RefusalLog};
 use crate::metrics::Metrics;
 use crate::origin::Allowlist;
 use crate::origin_guard::ViolationLog;
@@ -48,6 +49,10 @@ pub struct AppState {
     pub metrics: Metrics,
     pub allowlist: Arc<Allowlist>,
     pub violations: Arc<ViolationLog>,
+    /// Per-client budget for refusals in the log and the audit table.
+    pub refusals: Arc<RefusalLog>,
+    /// New engine.io sessions per client IP.
+    pub handshakes: Arc<PerClientRate>,
     /// This node's view of every node's sockets; set when the Socket.IO
     /// layer is built.
     pub fleet: FleetCell,
@@ -60,7 +65,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     let db = db::connect(&config)
         .await
         .context("connecting to the database")?;
-    if config.is_sqlite() {
+    if config.is_development() {
         db::migrate(&db)
             .await
             .context("migrating the SQLite database")?;
@@ -74,19 +79,31 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         .await?;
         ensure_migrated(&db).await?;
     }
-    let store = SessionStore::new(
-        db.conn.clone(),
-        config.session_schema.as_deref(),
-        &config.session_table,
-    );
+    let store = SessionStore::new(&db, config.session_schema.as_deref(), &config.session_table);
     let auth = Authenticator {
         store,
         secrets: config.secrets()?,
         cookie_name: config.cookie_name.clone(),
     };
-    let audit = AuditLog::spawn(db.conn.clone(), config.audit_buffer);
-    let registry = Registry::default();
     let metrics = Metrics::new();
+    let audit = AuditLog::spawn(
+        db.conn.clone(),
+        config.audit_buffer,
+        config.limits.audit_buffer_bytes,
+        metrics.clone(),
+    );
+    let limits = &config.limits;
+    let refusals = Arc::new(RefusalLog::new(
+        limits.refusal_log_per_ip_per_sec,
+        limits.refusal_log_burst_per_ip,
+    ));
+    // The node-wide cap is what 50 clients at their full rate would make.
+    let handshakes = Arc::new(PerClientRate::new(
+        limits.handshakes_per_ip_per_sec,
+        limits.handshake_burst_per_ip,
+        limits.handshakes_per_ip_per_sec.saturating_mul(50),
+    ));
+    let registry = Registry::default();
     let fleet = FleetCell::default();
     let watcher = Watcher {
         fleet: fleet.clone(),
@@ -109,6 +126,8 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         metrics,
         allowlist: Arc::new(allowlist),
         violations: Default::default(),
+        refusals,
+        handshakes,
         fleet,
     })
 }
@@ -203,20 +222,15 @@ pub fn new_sid() -> String {
 /// Writes a logged-in session for `user`, as express-session + passport +
 /// connect-pg-simple would after a login.
 pub async fn mint_session(
-    config: &Config,
-    db: &Database,
+    store: &SessionStore,
+    secrets: &crate::signature::Secrets,
     user: &UserId,
     ttl: Duration,
 ) -> anyhow::Result<Minted> {
-    let store = SessionStore::new(
-        db.conn.clone(),
-        config.session_schema.as_deref(),
-        &config.session_table,
-    );
     let sid = new_sid();
     let (expire, sess) = session::new_session_json(user, Utc::now(), ttl);
     store.upsert(&sid, &sess, expire).await?;
-    let signed = format!("s:{}", config.secrets()?.sign(&sid));
+    let signed = format!("s:{}", secrets.sign(&sid));
     Ok(Minted {
         cookie_value: cookie_value(&signed),
         signed,
@@ -285,21 +299,36 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<RunningServer> {
     let local_addr = listener.local_addr()?;
     let app = crate::http::router(state.clone()).await?;
-    let watcher = tokio::spawn(state.watcher.clone().run());
+    let watcher = {
+        let watcher = state.watcher.clone();
+        crate::supervise::spawn("session_watcher", state.metrics.clone(), move || {
+            watcher.clone().run()
+        })
+    };
     let revocations =
         (state.db.get_database_backend() == sea_orm::DbBackend::Postgres).then(|| {
-            tokio::spawn(crate::revocation::listen(
-                state.db.clone(),
-                state.watcher.clone(),
-            ))
+            let (db, watcher) = (state.db.clone(), state.watcher.clone());
+            crate::supervise::spawn("revocation_listener", state.metrics.clone(), move || {
+                crate::revocation::listen(db.clone(), watcher.clone())
+            })
         });
     let (tx, rx) = oneshot::channel::<()>();
+    let limits = state.config.limits.clone();
+    let metrics = state.metrics.clone();
+    let refused_state = state.clone();
+    let on_refused = move |remote: SocketAddr| {
+        let max = refused_state.config.limits.max_connections_per_ip;
+        let event = crate::refusal::limit_event(
+            "connections_per_ip",
+            Some(remote.ip()),
+            serde_json::json!({ "max": max }),
+        );
+        crate::refusal::record(&refused_state, Some(remote.ip()), event, |suppressed| {
+            tracing::warn!(ip = %remote.ip(), max, suppressed_since_last = suppressed, "connection refused: too many connections from this IP");
+        });
+    };
     let join = tokio::spawn(async move {
-        let result = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
+        let result = crate::listener::serve(listener, app, &limits, metrics, on_refused, async {
             let _ = rx.await;
         })
         .await;
@@ -325,7 +354,23 @@ fn announce(state: &AppState, addr: SocketAddr) {
         require_origin = state.config.require_origin,
         "origin allowlist"
     );
-    if state.config.is_sqlite() {
+    if let Ok(secrets) = state.config.secrets() {
+        for n in secrets.short() {
+            tracing::warn!(
+                "session secret #{n} is shorter than {} bytes: use a long random secret in the Node app and here",
+                crate::signature::MIN_SECRET_BYTES
+            );
+        }
+    }
+    if state.config.is_development() {
+        let secret = if state.config.secrets.is_empty() {
+            "the public development secret"
+        } else {
+            "SESSION_SECRET"
+        };
+        tracing::warn!(
+            "DEVELOPMENT MODE (DATABASE_URL is SQLite): signing with {secret}, seeded users, POST /dev/login, loopback only, one node. Never a deployment: production runs with DATABASE_URL=postgres://..."
+        );
         tracing::info!(
             "development user {DEV_USER_ID} ({DEV_USERNAME}): get a session cookie with `cargo run -- session mint --user {DEV_USER_ID}`"
         );

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -62,15 +62,30 @@ pub fn is_live(expire: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     expire.timestamp_micros() >= ceil_unix_seconds(now) * 1_000_000
 }
 
-/// The lifetime a refresh grants: `sess.cookie.originalMaxAge` (ms) when
-/// the session has one, else the configured ttl.
-pub fn session_ttl(sess: &Value, default_ttl: Duration) -> Duration {
-    sess.get("cookie")
-        .and_then(|c| c.get("originalMaxAge"))
-        .and_then(Value::as_f64)
+/// The longest lifetime a refresh grants, whatever `originalMaxAge` says:
+/// a century is past any real session, and far inside what `expire` can
+/// hold (connect-pg-simple itself fails on a `maxAge` beyond PostgreSQL's
+/// range).
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// The lifetime a refresh grants: `cookie.originalMaxAge` (ms) when it is a
+/// positive number, else the configured ttl; never more than [`MAX_TTL`].
+pub fn ttl_from_max_age(max_age_ms: Option<f64>, default_ttl: Duration) -> Duration {
+    max_age_ms
         .filter(|ms| ms.is_finite() && *ms > 0.0)
+        // `as` saturates: a huge or absurd value cannot wrap.
         .map(|ms| Duration::from_millis(ms as u64))
         .unwrap_or(default_ttl)
+        .min(MAX_TTL)
+}
+
+/// [`ttl_from_max_age`] of a stored session's `cookie.originalMaxAge`.
+pub fn session_ttl(sess: &Value, default_ttl: Duration) -> Duration {
+    let max_age = sess
+        .get("cookie")
+        .and_then(|c| c.get("originalMaxAge"))
+        .and_then(Value::as_f64);
+    ttl_from_max_age(max_age, default_ttl)
 }
 
 /// The new `expire` (whole seconds, as connect-pg-simple writes it) and the
@@ -78,8 +93,7 @@ pub fn session_ttl(sess: &Value, default_ttl: Duration) -> Duration {
 /// `store.set` of this session by the Node app cannot move the expiry back.
 pub fn extend(sess: &Value, now: DateTime<Utc>, default_ttl: Duration) -> (i64, Value) {
     let ttl = session_ttl(sess, default_ttl);
-    let expires_ms = now.timestamp_millis() + ttl.as_millis() as i64;
-    let expires = Utc.timestamp_millis_opt(expires_ms).single().unwrap_or(now);
+    let (expire_secs, expires) = extension(now, ttl);
     let mut sess = sess.clone();
     if !sess.is_object() {
         sess = Value::Object(Default::default());
@@ -96,11 +110,8 @@ pub fn extend(sess: &Value, now: DateTime<Utc>, default_ttl: Duration) -> (i64, 
         .entry("originalMaxAge")
         .or_insert_with(|| Value::from(ttl.as_millis() as u64));
     // JS `Date.prototype.toJSON`: ISO 8601 with milliseconds and `Z`.
-    cookie.insert(
-        "expires".into(),
-        Value::from(expires.to_rfc3339_opts(SecondsFormat::Millis, true)),
-    );
-    (ceil_unix_seconds(expires), sess)
+    cookie.insert("expires".into(), Value::from(expires));
+    (expire_secs, sess)
 }
 
 /// What the periodic re-check decides for one session with live sockets.
@@ -162,7 +173,11 @@ pub fn verdict(
 /// The new `expire` (whole seconds, connect-pg-simple's
 /// `ceil(now / 1000 + ttl)`) and the `cookie.expires` text that matches it.
 pub fn extension(now: DateTime<Utc>, ttl: Duration) -> (i64, String) {
-    let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(1));
+    let ttl = chrono::Duration::from_std(ttl.min(MAX_TTL)).unwrap_or(chrono::Duration::MAX);
+    let expires = now
+        .checked_add_signed(ttl)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    // JS `Date.prototype.toJSON`: ISO 8601 with milliseconds and `Z`.
     (
         ceil_unix_seconds(expires),
         expires.to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -198,6 +213,7 @@ pub fn fingerprint(sid: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -251,6 +267,34 @@ mod tests {
         assert_eq!(sess["passport"]["user"], 1);
         let (expire, _) = extend(&json!({}), now, Duration::from_secs(10));
         assert_eq!(expire, 1_700_000_011);
+    }
+
+    #[test]
+    fn huge_or_odd_max_age_is_bounded_not_a_panic() {
+        let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let day = Duration::from_secs(86_400);
+        for max_age in [
+            1e300,
+            f64::MAX,
+            9.2e18,
+            1.8e19,
+            f64::INFINITY,
+            f64::NAN,
+            -5.0,
+            0.0,
+        ] {
+            let ttl = ttl_from_max_age(Some(max_age), day);
+            assert!(ttl <= MAX_TTL, "{max_age}");
+            let (secs, iso) = extension(now, ttl);
+            assert!(secs > now.timestamp(), "{max_age}");
+            assert!(iso.ends_with('Z'));
+            let sess = json!({"cookie": {"originalMaxAge": max_age}});
+            let _ = extend(&sess, now, day);
+        }
+        assert_eq!(ttl_from_max_age(Some(f64::NAN), day), day);
+        assert_eq!(ttl_from_max_age(Some(1e300), day), MAX_TTL);
+        let (_, iso) = extension(DateTime::<Utc>::MAX_UTC, MAX_TTL);
+        assert!(!iso.is_empty(), "the end of time does not overflow");
     }
 
     #[test]

@@ -25,29 +25,41 @@ pub struct StoredSession {
     pub expire_at: DateTime<Utc>,
     /// The lock reason when the session's user is a soft-locked guest.
     pub guest_lock: Option<String>,
+    /// The text holds a `\u0000` escape (see [`NUL_ESCAPE`]).
+    raw_nul: bool,
 }
 
+/// Every statement that reads or writes `expire` names the Node app's
+/// zone itself (`expire AT TIME ZONE $zone`, the zone a bound parameter),
+/// so nothing depends on the connection's `TimeZone`: a pooler in
+/// transaction mode, `DISCARD ALL` or a proxy resetting sessions cannot
+/// shift expiry by the zone's offset.
 #[derive(Clone)]
 pub struct SessionStore {
     db: DatabaseConnection,
     table: String,
+    /// The zone `expire` is written in (PostgreSQL; SQLite stores UTC).
+    zone: String,
 }
 
 impl SessionStore {
-    /// `schema` applies on PostgreSQL only; SQLite has no schemas.
-    pub fn new(db: DatabaseConnection, schema: Option<&str>, table: &str) -> Self {
-        let schema = match db.get_database_backend() {
+    /// `schema` and `zone` apply on PostgreSQL only: SQLite has no schemas
+    /// and its development tables hold UTC.
+    pub fn new(db: &crate::db::Database, schema: Option<&str>, table: &str) -> Self {
+        let schema = match db.conn.get_database_backend() {
             DbBackend::Postgres => schema,
             _ => None,
         };
         Self {
             table: quoted_table(schema, table),
-            db,
+            zone: db.session_zone.clone().unwrap_or_else(|| "UTC".to_owned()),
+            db: db.conn.clone(),
         }
     }
 
-    pub fn connection(&self) -> &DatabaseConnection {
-        &self.db
+    /// The zone `expire` is read and written in.
+    pub fn zone(&self) -> &str {
+        &self.zone
     }
 
     fn backend(&self) -> DbBackend {
@@ -58,11 +70,10 @@ impl SessionStore {
     /// with [`crate::session::is_live`], which is connect-pg-simple's rule.
     pub async fn load(&self, sid: &str) -> Result<Option<StoredSession>, StoreError> {
         let sql = match self.backend() {
-            // `expire::timestamptz` reads the wall-clock value in the
-            // connection's zone, which `db::connect` set to the Node app's.
             DbBackend::Postgres => format!(
-                "SELECT sid, sess::text AS sess, expire::timestamptz AS expire_at, {} \
+                "SELECT sid, sess::text AS sess, {}, {} \
                  FROM {} WHERE sid = $1",
+                pg_expire_at("$2"),
                 guest_lock_column(DbBackend::Postgres),
                 self.table
             ),
@@ -72,15 +83,53 @@ impl SessionStore {
                 self.table
             ),
         };
+        let values: Vec<Value> = match self.backend() {
+            DbBackend::Postgres => vec![sid.into(), self.zone.as_str().into()],
+            _ => vec![sid.into()],
+        };
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(self.backend(), sql, values))
+            .await?;
+        let Some(mut stored) = row.map(|row| self.decode(&row)).transpose()? else {
+            return Ok(None);
+        };
+        // The lock column could not read a session PostgreSQL's JSON
+        // operators refuse; its user was decoded here, so ask by user.
+        if self.backend() == DbBackend::Postgres
+            && stored.guest_lock.is_none()
+            && stored.raw_nul
+            && let Some(user) = stored.sess.as_ref().and_then(crate::session::passport_user)
+        {
+            stored.guest_lock = self.guest_lock_of(&user).await?;
+        }
+        Ok(Some(stored))
+    }
+
+    /// The lock reason (or `''`) when `user` is a soft-locked guest.
+    pub async fn guest_lock_of(
+        &self,
+        user: &crate::session::UserId,
+    ) -> Result<Option<String>, StoreError> {
+        let placeholder = if self.backend() == DbBackend::Postgres {
+            "$1"
+        } else {
+            "?"
+        };
         let row = self
             .db
             .query_one_raw(Statement::from_sql_and_values(
                 self.backend(),
-                sql,
-                [sid.into()],
+                format!(
+                    "SELECT COALESCE(lock_reason, '') AS guest_lock FROM guest \
+                     WHERE soft_locked AND user_id = {placeholder} LIMIT 1"
+                ),
+                [user.as_str().into()],
             ))
             .await?;
-        row.map(|row| self.decode(&row)).transpose()
+        Ok(row
+            .map(|r| r.try_get::<String>("", "guest_lock"))
+            .transpose()?)
     }
 
     fn decode(&self, row: &sea_orm::QueryResult) -> Result<StoredSession, StoreError> {
@@ -93,6 +142,7 @@ impl SessionStore {
         };
         Ok(StoredSession {
             sid,
+            raw_nul: sess.contains(NUL_ESCAPE),
             sess: serde_json::from_str(&sess).ok(),
             expire_at,
             guest_lock: row.try_get("", "guest_lock")?,
@@ -107,11 +157,18 @@ impl SessionStore {
             DbBackend::Postgres => Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 format!(
-                    "INSERT INTO {t} (sess, expire, sid) SELECT CAST($1 AS json), to_timestamp($2), $3 \
-                     ON CONFLICT (sid) DO UPDATE SET sess = CAST($1 AS json), expire = to_timestamp($2)",
+                    "INSERT INTO {t} (sess, expire, sid) \
+                     SELECT CAST($1 AS json), to_timestamp($2) AT TIME ZONE $4, $3 \
+                     ON CONFLICT (sid) DO UPDATE \
+                     SET sess = CAST($1 AS json), expire = to_timestamp($2) AT TIME ZONE $4",
                     t = self.table
                 ),
-                [sess_text.into(), (expire_secs as f64).into(), sid.into()],
+                [
+                    sess_text.into(),
+                    (expire_secs as f64).into(),
+                    sid.into(),
+                    self.zone.as_str().into(),
+                ],
             ),
             _ => Statement::from_sql_and_values(
                 DbBackend::Sqlite,
@@ -175,20 +232,38 @@ pub struct SessionCheck {
 /// `sess.passport.user` (or its `id`) is a soft-locked guest, else NULL.
 /// Read in the same query as the session, so a handshake stays one round
 /// trip. Malformed `sess` reads as no user rather than failing the query.
-fn guest_lock_column(backend: DbBackend) -> &'static str {
+fn guest_lock_column(backend: DbBackend) -> String {
     match backend {
-        DbBackend::Postgres => {
+        DbBackend::Postgres => format!(
             "(SELECT COALESCE(g.lock_reason, '') FROM guest g WHERE g.soft_locked \
-               AND g.user_id IN (sess::json #>> '{passport,user}', sess::json #>> '{passport,user,id}') \
+               AND g.user_id IN ({PG_SESS} #>> '{{passport,user}}', {PG_SESS} #>> '{{passport,user,id}}') \
                LIMIT 1) AS guest_lock"
-        }
-        _ => {
-            "(SELECT COALESCE(g.lock_reason, '') FROM guest g WHERE g.soft_locked \
+        ),
+        _ => "(SELECT COALESCE(g.lock_reason, '') FROM guest g WHERE g.soft_locked \
                AND g.user_id IN (CASE WHEN json_valid(sess) THEN sess ->> '$.passport.user' END, \
                                  CASE WHEN json_valid(sess) THEN sess ->> '$.passport.user.id' END) \
                LIMIT 1) AS guest_lock"
-        }
+            .to_owned(),
     }
+}
+
+/// `sess` as json for PostgreSQL's JSON operators, or NULL when its text
+/// holds a `\u0000` escape: legal in `json`, but every JSON operator on such
+/// a value fails, and one such row would fail the whole statement (every
+/// socket's re-check on the node). Those rows are read as text and decoded
+/// here instead ([`NUL_ESCAPE`]).
+const PG_SESS: &str = "(CASE WHEN strpos(sess::text, '\\u0000') = 0 THEN sess::json END)";
+
+/// What marks a session text PostgreSQL's JSON operators cannot read.
+pub const NUL_ESCAPE: &str = "\\u0000";
+
+/// `expire` as the instant the Node app means (`$zone` is the parameter
+/// with the zone), clamped to a range every driver decodes: `infinity` is
+/// a legal timestamp and would fail the row's decoding.
+fn pg_expire_at(zone_param: &str) -> String {
+    format!(
+        "(LEAST(GREATEST(expire, '1970-01-01'::timestamp), '9999-12-31'::timestamp) AT TIME ZONE {zone_param}) AS expire_at"
+    )
 }
 
 /// A session to extend: the new `expire` (whole seconds) and the matching
@@ -225,26 +300,32 @@ impl SessionStore {
             DbBackend::Postgres => Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 format!(
-                    "SELECT sid, expire::timestamptz AS expire_at, \
-                            (sess::json -> 'passport' -> 'user')::text AS user_json, \
-                            (sess::json -> 'cookie' -> 'originalMaxAge')::text AS max_age, {} \
+                    "SELECT sid, {}, \
+                            ({PG_SESS} -> 'passport' -> 'user')::text AS user_json, \
+                            ({PG_SESS} -> 'cookie' -> 'originalMaxAge')::text AS max_age, \
+                            CASE WHEN strpos(sess::text, '\\u0000') > 0 THEN sess::text END AS raw_sess, {} \
                      FROM {} WHERE sid = ANY($1)",
+                    pg_expire_at("$2"),
                     guest_lock_column(DbBackend::Postgres),
                     self.table
                 ),
-                [Value::Array(
-                    sea_orm::sea_query::ArrayType::String,
-                    Some(Box::new(
-                        sids.iter().map(|s| Value::from(s.as_str())).collect(),
-                    )),
-                )],
+                [
+                    Value::Array(
+                        sea_orm::sea_query::ArrayType::String,
+                        Some(Box::new(
+                            sids.iter().map(|s| Value::from(s.as_str())).collect(),
+                        )),
+                    ),
+                    self.zone.as_str().into(),
+                ],
             ),
             _ => Statement::from_sql_and_values(
                 DbBackend::Sqlite,
                 format!(
                     "SELECT sid, expire AS expire_at, \
                             CASE WHEN json_valid(sess) THEN sess -> '$.passport.user' END AS user_json, \
-                            CASE WHEN json_valid(sess) THEN sess -> '$.cookie.originalMaxAge' END AS max_age, {} \
+                            CASE WHEN json_valid(sess) THEN sess -> '$.cookie.originalMaxAge' END AS max_age, \
+                            NULL AS raw_sess, {} \
                      FROM {} WHERE sid IN ({})",
                     guest_lock_column(DbBackend::Sqlite),
                     self.table,
@@ -254,30 +335,54 @@ impl SessionStore {
             ),
         };
         let rows = self.db.query_all_raw(stmt).await?;
-        rows.iter()
-            .map(|row| {
-                let expire_at = match self.backend() {
-                    DbBackend::Postgres => row.try_get::<DateTime<Utc>>("", "expire_at")?,
-                    _ => Utc.from_utc_datetime(&row.try_get::<NaiveDateTime>("", "expire_at")?),
-                };
-                let user_json: Option<String> = row.try_get("", "user_json")?;
-                let max_age: Option<String> = row.try_get("", "max_age")?;
-                let user = user_json
-                    .and_then(|text| serde_json::from_str::<Json>(&text).ok())
-                    .and_then(|user| {
-                        crate::session::passport_user(
-                            &serde_json::json!({"passport": {"user": user}}),
-                        )
-                    });
-                Ok(SessionCheck {
+        let mut checks = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let expire_at = match self.backend() {
+                DbBackend::Postgres => row.try_get::<DateTime<Utc>>("", "expire_at")?,
+                _ => Utc.from_utc_datetime(&row.try_get::<NaiveDateTime>("", "expire_at")?),
+            };
+            let raw_sess: Option<String> = row.try_get("", "raw_sess")?;
+            let mut check = match raw_sess.and_then(|t| serde_json::from_str::<Json>(&t).ok()) {
+                // A session SQL's JSON operators could not read (see
+                // `PG_SESS`): decoded here, its lock asked for by user.
+                Some(sess) => SessionCheck {
                     sid: row.try_get("", "sid")?,
                     expire_at,
-                    user,
-                    original_max_age_ms: max_age.and_then(|t| t.parse::<f64>().ok()),
-                    guest_lock: row.try_get("", "guest_lock")?,
-                })
-            })
-            .collect()
+                    user: crate::session::passport_user(&sess),
+                    original_max_age_ms: sess
+                        .get("cookie")
+                        .and_then(|c| c.get("originalMaxAge"))
+                        .and_then(Json::as_f64),
+                    guest_lock: None,
+                },
+                None => {
+                    let user_json: Option<String> = row.try_get("", "user_json")?;
+                    let max_age: Option<String> = row.try_get("", "max_age")?;
+                    let user = user_json
+                        .and_then(|text| serde_json::from_str::<Json>(&text).ok())
+                        .and_then(|user| {
+                            crate::session::passport_user(
+                                &serde_json::json!({"passport": {"user": user}}),
+                            )
+                        });
+                    SessionCheck {
+                        sid: row.try_get("", "sid")?,
+                        expire_at,
+                        user,
+                        original_max_age_ms: max_age.and_then(|t| t.parse::<f64>().ok()),
+                        guest_lock: row.try_get("", "guest_lock")?,
+                    }
+                }
+            };
+            if check.guest_lock.is_none()
+                && row.try_get::<Option<String>>("", "raw_sess")?.is_some()
+                && let Some(user) = &check.user
+            {
+                check.guest_lock = self.guest_lock_of(user).await?;
+            }
+            checks.push(check);
+        }
+        Ok(checks)
     }
 
     /// connect-pg-simple's `touch` for many sessions in one statement:
@@ -297,12 +402,13 @@ impl SessionStore {
                     DbBackend::Postgres,
                     format!(
                         "UPDATE {t} AS s SET \
-                           expire = to_timestamp(v.exp), \
+                           expire = to_timestamp(v.exp) AT TIME ZONE $4, \
                            sess = CASE WHEN jsonb_typeof(s.sess::jsonb #> '{{cookie,expires}}') = 'string' \
                                        THEN jsonb_set(s.sess::jsonb, '{{cookie,expires}}', to_jsonb(v.iso))::json \
                                        ELSE s.sess::json END \
                          FROM unnest($1::text[], $2::float8[], $3::text[]) AS v(sid, exp, iso) \
-                         WHERE s.sid = v.sid AND s.expire < to_timestamp(v.exp)",
+                         WHERE s.sid = v.sid AND s.expire < (to_timestamp(v.exp) AT TIME ZONE $4) \
+                           AND strpos(s.sess::text, '\\u0000') = 0",
                         t = self.table
                     ),
                     [
@@ -324,6 +430,7 @@ impl SessionStore {
                                 .map(|i| Value::from(i.cookie_expires.as_str()))
                                 .collect(),
                         ),
+                        self.zone.as_str().into(),
                     ],
                 );
                 Ok(self.db.execute_raw(stmt).await?.rows_affected())

@@ -26,7 +26,15 @@ pub enum SecretsError {
     Empty,
     #[error("session secret #{0} is empty")]
     EmptySecret(usize),
+    #[error(
+        "session secret #{0} starts or ends with white space (a stray space after a comma in SESSION_SECRET?); remove it"
+    )]
+    PaddedSecret(usize),
 }
+
+/// Below this a secret earns a start-up warning (an HMAC-SHA256 key of
+/// fewer bytes than its output is weaker than it need be).
+pub const MIN_SECRET_BYTES: usize = 32;
 
 impl Secrets {
     pub fn new<I, S>(secrets: I) -> Result<Self, SecretsError>
@@ -38,10 +46,21 @@ impl Secrets {
         if secrets.is_empty() {
             return Err(SecretsError::Empty);
         }
-        if let Some(i) = secrets.iter().position(String::is_empty) {
+        if let Some(i) = secrets.iter().position(|s| s.trim().is_empty()) {
             return Err(SecretsError::EmptySecret(i + 1));
         }
+        if let Some(i) = secrets.iter().position(|s| s.trim() != s) {
+            return Err(SecretsError::PaddedSecret(i + 1));
+        }
         Ok(Self(secrets))
+    }
+
+    /// The positions (from 1) of secrets shorter than 32 bytes: guessable
+    /// enough to warn about at start.
+    pub fn short(&self) -> Vec<usize> {
+        (1..=self.0.len())
+            .filter(|i| self.0[i - 1].len() < MIN_SECRET_BYTES)
+            .collect()
     }
 
     /// Signs with the first secret, as express-session does for new cookies.
@@ -132,6 +151,20 @@ mod tests {
             Secrets::new(["a", ""]).unwrap_err(),
             SecretsError::EmptySecret(2)
         );
+        assert_eq!(
+            Secrets::new(["a", "   "]).unwrap_err(),
+            SecretsError::EmptySecret(2)
+        );
+        assert_eq!(
+            Secrets::new(["a", " b"]).unwrap_err(),
+            SecretsError::PaddedSecret(2)
+        );
+        assert_eq!(
+            Secrets::new(["a\t"]).unwrap_err(),
+            SecretsError::PaddedSecret(1)
+        );
+        let s = Secrets::new(["short", &"x".repeat(32), "also short"]).unwrap();
+        assert_eq!(s.short(), vec![1, 3]);
     }
 
     #[test]
@@ -142,7 +175,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn roundtrip_with_rotation(value in ".*", old in ".+", new in ".+", third in ".+") {
+        fn roundtrip_with_rotation(value in ".*", old in "[^\\s]{1,32}", new in "[^\\s]{1,32}", third in "[^\\s]{1,32}") {
             let rotated = Secrets::new([new.clone(), old.clone(), third]).unwrap();
             let signed_by_old = sign(&value, &old);
             prop_assert_eq!(rotated.unsign(&signed_by_old), Some(value.as_str()));

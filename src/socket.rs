@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ConnectInfo;
 use chrono::Utc;
+use engineioxide::DisconnectReason as EngineDisconnect;
+use engineioxide::closer::SessionCloser;
 use serde::Serialize;
 use serde_json::Value as Json;
+use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
 use socketioxide::{SocketIo, SocketIoBuilder};
 
@@ -46,7 +49,7 @@ pub struct WhoAmI<'a> {
 /// The Socket.IO layer over adapter `A`; the fleet in `state` is set to
 /// it. Call [`register`] and drive its result to start serving.
 pub fn layer<A: Adapter>(state: &AppState, adapter: A::State) -> (SocketIoLayer<A>, SocketIo<A>) {
-    let (layer, io) = tuned(SocketIo::builder())
+    let (layer, io) = limited(SocketIo::builder(), &state.config.limits)
         .with_state(state.clone())
         .with_adapter::<A>(adapter)
         .build_layer();
@@ -68,7 +71,19 @@ pub fn layer<A: Adapter>(state: &AppState, adapter: A::State) -> (SocketIoLayer<
 /// a small one costs idle sockets nothing in function. Socket.IO packets
 /// here (pings, `whoami`, notices) are tens of bytes.
 pub fn tuned(builder: SocketIoBuilder) -> SocketIoBuilder {
-    builder.ws_read_buffer_size(256)
+    builder
+        .req_path(crate::origin_guard::ENGINE_PATH)
+        .ws_read_buffer_size(256)
+}
+
+/// [`tuned`] with the configured limits on what a client may send and how
+/// long an engine.io session may stay outside the namespace.
+pub fn limited(builder: SocketIoBuilder, limits: &crate::config::LimitsConfig) -> SocketIoBuilder {
+    tuned(builder)
+        .ws_max_message_size(limits.ws_max_message_bytes)
+        .ws_max_frame_size(limits.ws_max_frame_bytes)
+        .max_payload(limits.max_polling_payload_bytes)
+        .connect_timeout(limits.connect_timeout)
 }
 
 /// Mounts the authenticated default namespace. Remote adapters return a
@@ -77,11 +92,15 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> A::InitRes {
     io.ns("/", on_connect::<A>.with(authenticate::<A>))
 }
 
-fn client_ip<A: Adapter>(s: &SocketRef<A>) -> Option<String> {
+fn client_addr<A: Adapter>(s: &SocketRef<A>) -> Option<std::net::IpAddr> {
     s.req_parts()
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string())
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
+fn client_ip<A: Adapter>(s: &SocketRef<A>) -> Option<String> {
+    client_addr(s).map(|ip| ip.to_string())
 }
 
 fn handshake_event<A: Adapter>(
@@ -92,18 +111,48 @@ fn handshake_event<A: Adapter>(
     let mut event = AuditEvent::new(action, severity);
     event.socket_id = Some(s.id.to_string());
     event.client_ip = client_ip(s);
-    event.headers = Some(audit::redact_headers(&s.req_parts().headers));
+    event.headers = Some(audit::audit_headers(&s.req_parts().headers));
     event.details = Some(serde_json::json!({ "transport": format!("{:?}", s.transport_type()) }));
     event
+}
+
+/// A refused CONNECT. Its `Display` is the client's `connect_error`
+/// message. socketioxide queues that CONNECT_ERROR and then drops the
+/// error; dropping it ends the engine.io session (a close packet queued
+/// behind the error), so one engine.io session gets one refused attempt and
+/// a client must open a new session, through the handshake limits, to try
+/// again.
+pub struct Refused {
+    message: String,
+    close: Option<(SessionCloser, Sid)>,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Drop for Refused {
+    fn drop(&mut self) {
+        if let Some((closer, sid)) = self.close.take() {
+            closer.close(sid, EngineDisconnect::ClosingServer);
+        }
+    }
 }
 
 /// The connect middleware: runs before any handler; `Err` becomes the
 /// client's `connect_error` with the error's message.
 async fn authenticate<A: Adapter>(
     s: SocketRef<A>,
+    io: SocketIo<A>,
     State(state): State<AppState>,
     TryData(auth): TryData<Json>,
-) -> Result<(), AuthError> {
+) -> Result<(), Refused> {
+    let refused = |message: String| Refused {
+        message,
+        close: Some((io.config().engine_config.session_closer.clone(), s.id)),
+    };
     // A non-JSON or missing auth payload is simply no auth payload.
     let auth = auth.ok();
     let cookie = crate::session_id::cookie_header(&s.req_parts().headers);
@@ -111,8 +160,36 @@ async fn authenticate<A: Adapter>(
         cookie_header: cookie.as_deref(),
         auth: auth.as_ref(),
     };
+    let ip = client_addr(&s);
     match state.auth.authenticate(&creds, Utc::now()).await {
         Ok(ok) => {
+            let limits = &state.config.limits;
+            let (user_sockets, session_sockets) = state.registry.counts(&ok.sid, &ok.user_id);
+            if let Err(limit) = crate::limits::check_sockets(
+                user_sockets,
+                session_sockets,
+                limits.max_sockets_per_user,
+                limits.max_sockets_per_session,
+            ) {
+                state.metrics.refused(limit.label());
+                state.metrics.handshake("limit");
+                let mut event = crate::refusal::limit_event(
+                    limit.label(),
+                    ip,
+                    serde_json::json!({
+                        "user_sockets": user_sockets,
+                        "session_sockets": session_sockets,
+                        "transport": format!("{:?}", s.transport_type()),
+                    }),
+                );
+                event.socket_id = Some(s.id.to_string());
+                event.user_id = Some(ok.user_id.to_string());
+                event.session_ref = Some(session::fingerprint(&ok.sid));
+                crate::refusal::record(&state, ip, event, |suppressed| {
+                    tracing::warn!(socket = %s.id, user = %ok.user_id, limit = limit.label(), suppressed_since_last = suppressed, "handshake refused: socket limit");
+                });
+                return Err(refused(limit.to_string()));
+            }
             let mut event = handshake_event(&s, audit::action::AUTHENTICATED, Severity::Info);
             event.user_id = Some(ok.user_id.to_string());
             event.session_ref = Some(session::fingerprint(&ok.sid));
@@ -134,22 +211,21 @@ async fn authenticate<A: Adapter>(
             Ok(())
         }
         Err((err, sid)) => {
+            state.metrics.handshake(err.outcome());
             let mut event = handshake_event(&s, audit::action::AUTH_FAILED, Severity::Warn);
             event.user_id = err.user().map(ToString::to_string);
             event.session_ref = sid.as_deref().map(session::fingerprint);
             event.reason = Some(err.reason());
-            match &err {
+            // Queued; written when the database is reachable again.
+            crate::refusal::record(&state, ip, event, |suppressed| match &err {
                 AuthError::StoreUnavailable(e) => {
-                    tracing::error!(socket = %s.id, error = %e, "session store unreachable: handshake refused (fail closed)")
+                    tracing::error!(socket = %s.id, error = %e, suppressed_since_last = suppressed, "session store unreachable: handshake refused (fail closed)")
                 }
                 _ => {
-                    tracing::warn!(socket = %s.id, reason = %err.reason(), ip = ?event.client_ip, "handshake refused")
+                    tracing::warn!(socket = %s.id, reason = %err.reason(), ip = ?ip, suppressed_since_last = suppressed, "handshake refused")
                 }
-            }
-            // Queued; written when the database is reachable again.
-            state.audit.record(event);
-            state.metrics.handshake(err.outcome());
-            Err(err)
+            });
+            Err(refused(err.to_string()))
         }
     }
 }

@@ -118,10 +118,10 @@ impl Watcher {
             match verdict {
                 Verdict::Keep => {}
                 Verdict::Refresh => {
-                    let ttl = row
-                        .and_then(|r| r.original_max_age_ms)
-                        .filter(|ms| ms.is_finite() && *ms > 0.0)
-                        .map_or(self.default_ttl, |ms| Duration::from_millis(ms as u64));
+                    let ttl = session::ttl_from_max_age(
+                        row.and_then(|r| r.original_max_age_ms),
+                        self.default_ttl,
+                    );
                     let (expire_secs, cookie_expires) = session::extension(now, ttl);
                     extensions.push(Extension {
                         sid: live.sid.clone(),

@@ -15,7 +15,6 @@ use serde::Deserialize;
 use tower_http::services::ServeDir;
 
 use crate::config::Config;
-use crate::db::Database;
 use crate::server::{AppState, mint_session};
 use crate::session::{self, UserId};
 
@@ -29,7 +28,7 @@ pub const APP_PAGE: &str = "/app.html";
 pub fn web_dir(config: &Config) -> Option<PathBuf> {
     match &config.web_dir {
         Some(dir) => Some(dir.clone()),
-        None if config.is_sqlite() => {
+        None if config.is_development() => {
             Some(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web")))
         }
         None => None,
@@ -40,7 +39,7 @@ pub fn web_dir(config: &Config) -> Option<PathBuf> {
 /// (absent, so 404, on PostgreSQL).
 pub fn routes(state: &AppState) -> Router<AppState> {
     let mut router = Router::new();
-    if state.config.is_sqlite() {
+    if state.config.is_development() {
         router = router.route(DEV_LOGIN_PATH, post(dev_login));
     }
     if let Some(dir) = web_dir(&state.config) {
@@ -106,15 +105,13 @@ async fn dev_login(State(state): State<AppState>, req: Request) -> Response {
         }
         Err(e) => return server_error("reading app_user", &e),
     }
-    let db = Database {
-        conn: state.db.clone(),
-        session_zone: None,
-    };
     let ttl: Duration = state.config.session_ttl();
-    let minted = match mint_session(&state.config, &db, &UserId::new(user.clone()), ttl).await {
-        Ok(minted) => minted,
-        Err(e) => return server_error("writing the session", &*e),
-    };
+    let auth = &state.auth;
+    let minted =
+        match mint_session(&auth.store, &auth.secrets, &UserId::new(user.clone()), ttl).await {
+            Ok(minted) => minted,
+            Err(e) => return server_error("writing the session", &*e),
+        };
     let cookie = format!(
         "{}={}; Path=/; HttpOnly; SameSite=Lax",
         state.config.cookie_name, minted.cookie_value

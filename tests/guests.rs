@@ -214,6 +214,25 @@ on_both_backends!(
             404
         );
 
+        // Who administers nothing cannot tell a real guest id from a wrong one.
+        for not_admin in [MEMBER, GUEST_USER] {
+            for id in ["999", "x1", GUEST.to_string().as_str()] {
+                let (status, body) = post_disconnect(
+                    &env.url(),
+                    id,
+                    Some(cookie_of(&env, not_admin).await),
+                    None,
+                    None,
+                )
+                .await;
+                assert_eq!(
+                    (status, body),
+                    (403, json!({"success": false, "error": "Forbidden"})),
+                    "user {not_admin}, guest {id}"
+                );
+            }
+        }
+
         for not_admin in [MEMBER, OTHER_ADMIN, GUEST_USER] {
             let (status, body) = post_disconnect(
                 &env.url(),
@@ -586,3 +605,36 @@ async fn lock_on_one_node_reaches_the_other_through_the_redis_adapter() {
     }
     two_nodes(&[("ADAPTER", "redis"), ("REDIS_URL", url.as_str())]).await;
 }
+
+// The documented scope (README › Guest lock scope): a lock by one
+// organization cuts the user off whatever else they belong to, since a
+// socket carries no organization to judge it by.
+on_both_backends!(
+    a_lock_in_one_organization_refuses_the_user_everywhere,
+    defaults,
+    |env: TestEnv| async move {
+        // OTHER_ADMIN administers OTHER_ORG; make them a guest of ORG too.
+        add_guest(&env, 31, OTHER_ADMIN).await;
+        let other_admin = cookie_of(&env, OTHER_ADMIN).await;
+        let mut before = connect_as(&env, Transport::Websocket, &other_admin).await;
+        before.outcome().await.unwrap();
+        let (status, _) = post_disconnect(
+            &env.url(),
+            "31",
+            Some(cookie_of(&env, ADMIN).await),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let notice = before.expect_event_then_closed("guest:locked").await;
+        assert_eq!(notice["reason"], "soft_locked");
+        let mut again = connect_as(&env, Transport::Polling, &other_admin).await;
+        again.expect_refused("Guest access revoked").await;
+        // A guest of the same organization who is not locked is not touched.
+        let guest = cookie_of(&env, GUEST_USER).await;
+        let mut c = connect_as(&env, Transport::Polling, &guest).await;
+        c.outcome().await.unwrap();
+        c.disconnect().await;
+    }
+);

@@ -298,3 +298,141 @@ on_both_backends!(
         }
     }
 );
+
+/// A locked guest, organization 900 (SQLite's development data holds 1).
+async fn locked_guest(env: &TestEnv, guest_id: i64, user: &str) {
+    use entity::{app_user, guest, organization};
+    use sea_orm::Set;
+    let now = chrono::Utc::now();
+    app_user::Entity::insert(app_user::ActiveModel {
+        id: Set(user.into()),
+        username: Set(format!("user {user}")),
+        created_at: Set(now),
+    })
+    .exec_without_returning(env.conn())
+    .await
+    .unwrap();
+    let _ = organization::Entity::insert(organization::ActiveModel {
+        id: Set(900),
+        name: Set("Bad rows".into()),
+        created_at: Set(now),
+    })
+    .exec_without_returning(env.conn())
+    .await;
+    guest::Entity::insert(guest::ActiveModel {
+        id: Set(guest_id),
+        user_id: Set(user.into()),
+        organization_id: Set(900),
+        soft_locked: Set(true),
+        locked_at: Set(Some(now)),
+        lock_reason: Set(Some("bad rows test".into())),
+        created_at: Set(now),
+    })
+    .exec_without_returning(env.conn())
+    .await
+    .unwrap();
+}
+
+async fn expire_of(env: &TestEnv, sid: &str) -> i64 {
+    let stored = env
+        .server
+        .state
+        .auth
+        .store
+        .load(sid)
+        .await
+        .unwrap()
+        .unwrap();
+    stored.expire_at.timestamp()
+}
+
+// A session whose JSON holds `\u0000` (legal in `json`, refused by every
+// PostgreSQL JSON operator) and one whose `expire` is `infinity` sit beside
+// ordinary ones: each is judged on its own, and the batch re-check and
+// refresh of everyone else go on.
+on_both_backends!(
+    one_bad_row_cannot_stall_the_node,
+    |c: &mut sockgate::config::Config| {
+        c.session_check_interval = Duration::from_millis(300);
+        c.session_refresh_window = Duration::from_secs(3600);
+    },
+    |env: TestEnv| async move {
+        let now = now_secs();
+        let cookie = json!({"originalMaxAge": 7_200_000, "expires": "2000-01-01T00:00:00.000Z"});
+        env.write_session(
+            "good",
+            &json!({"cookie": cookie, "passport": {"user": 81}}),
+            now + 60,
+        )
+        .await;
+        env.write_session(
+            "nul",
+            &json!({"cookie": cookie, "note": "a\u{0}b", "passport": {"user": 82}}),
+            now + 60,
+        )
+        .await;
+        env.write_session("forever", &json!({"passport": {"user": 83}}), now + 60)
+            .await;
+        if env.db.is_postgres() {
+            use sea_orm::ConnectionTrait;
+            env.conn()
+                .execute_unprepared("UPDATE session SET expire = 'infinity' WHERE sid = 'forever'")
+                .await
+                .unwrap();
+        }
+        let mut good = connected(&env, Transport::Websocket, "good").await;
+        let mut nul = connected(&env, Transport::Polling, "nul").await;
+        let mut forever = connected(&env, Transport::Websocket, "forever").await;
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let base = env.url();
+        assert!(common::wire::metric(&base, "sockgate_revalidation_ticks_total").await >= 2.0);
+        assert_eq!(
+            common::wire::metric(&base, "sockgate_revalidation_failed_ticks_total").await,
+            0.0,
+            "no tick failed"
+        );
+        assert!(
+            expire_of(&env, "good").await >= now + 7000,
+            "the ordinary session near expiry was extended"
+        );
+        assert_eq!(good.whoami().await["userId"], "81");
+        assert_eq!(nul.whoami().await["userId"], "82");
+        assert_eq!(forever.whoami().await["userId"], "83");
+        // The odd rows are still checked: deleting them ends their sockets.
+        for sid in ["nul", "forever"] {
+            env.server.state.auth.store.destroy(sid).await.unwrap();
+        }
+        expect_expired_then_closed(&mut nul, "deleted").await;
+        expect_expired_then_closed(&mut forever, "deleted").await;
+        // A locked guest cannot hide behind `\u0000`: refused at the
+        // handshake, and found by the re-check if locked while connected.
+        locked_guest(&env, 9001, "84").await;
+        env.write_session(
+            "nul-guest",
+            &json!({"note": "\u{0}", "passport": {"user": 84}}),
+            now + 600,
+        )
+        .await;
+        let mut c = client::connect(
+            &env.url(),
+            Transport::Websocket,
+            Options {
+                cookie: Some(format!("connect.sid={}", env.cookie_value("nul-guest"))),
+                ..Default::default()
+            },
+        )
+        .await;
+        c.expect_refused("Guest access revoked").await;
+        env.write_session(
+            "nul-85",
+            &json!({"note": "\u{0}", "passport": {"user": 85}}),
+            now + 600,
+        )
+        .await;
+        let mut later = connected(&env, Transport::Websocket, "nul-85").await;
+        locked_guest(&env, 9002, "85").await;
+        let notice = later.expect_event_then_closed("guest:locked").await;
+        assert_eq!(notice["reason"], "soft_locked");
+        good.disconnect().await;
+    }
+);

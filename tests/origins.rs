@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::client::{self, Options, Transport};
+use common::wire;
 use common::{Backend, TestEnv};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -283,3 +284,179 @@ async fn default_allowlist_is_the_app_url_then_the_servers_own() {
     c.allowed_origins = Some("https://a.com, not an origin".into());
     assert!(c.allowlist().is_err(), "a bad entry is a start-up error");
 }
+
+// Every path the engine serves is guarded, however it is spelled, and the
+// guard judges exactly those: a spelling the engine does not serve is a 404
+// with or without an allowed Origin.
+on_both_backends!(
+    every_spelling_of_the_engine_path_is_guarded,
+    allowlist,
+    |env: TestEnv| async move {
+        let addr = env.server.local_addr;
+        let evil = "Origin: https://evil.example";
+        let good = format!("Origin: {ALLOWED}");
+        for path in [
+            "/socket.io",
+            "/socket.io/",
+            "/socket.io/x",
+            "/socket.io/x/y",
+            "/socket.io//",
+        ] {
+            let polling = format!("{path}?EIO=4&transport=polling");
+            let (status, answer) =
+                wire::raw(&addr, &wire::get(&polling, &[evil]), Duration::from_secs(5)).await;
+            assert_eq!(status, 403, "polling {path} from evil: {answer}");
+            let (status, answer) = wire::raw(
+                &addr,
+                &wire::get(&polling, &[&good]),
+                Duration::from_secs(5),
+            )
+            .await;
+            assert_eq!(status, 200, "polling {path} allowed: {answer}");
+            assert!(
+                wire::body(&answer).starts_with("0{"),
+                "an engine.io open packet: {answer}"
+            );
+            let upgrade = [
+                "Connection: Upgrade",
+                "Upgrade: websocket",
+                "Sec-WebSocket-Version: 13",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ];
+            let ws = format!("{path}?EIO=4&transport=websocket");
+            let mut headers = upgrade.to_vec();
+            headers.push(evil);
+            let (status, _) =
+                wire::raw(&addr, &wire::get(&ws, &headers), Duration::from_secs(2)).await;
+            assert_eq!(status, 403, "websocket {path} from evil");
+            let mut headers = upgrade.to_vec();
+            headers.push(&good);
+            let (status, _) =
+                wire::raw(&addr, &wire::get(&ws, &headers), Duration::from_secs(1)).await;
+            assert_eq!(status, 101, "websocket {path} allowed");
+        }
+        for path in [
+            "/socket.iox",
+            "/Socket.io/",
+            "//socket.io/",
+            "/x/socket.io/",
+            "/socket%2Eio/",
+        ] {
+            let polling = format!("{path}?EIO=4&transport=polling");
+            for origin in [evil, good.as_str()] {
+                let (status, answer) = wire::raw(
+                    &addr,
+                    &wire::get(&polling, &[origin]),
+                    Duration::from_secs(5),
+                )
+                .await;
+                assert_eq!(
+                    status, 404,
+                    "{path} from {origin} is not the engine's: {answer}"
+                );
+            }
+        }
+        // The slash-less hijack: a victim's cookie from a disallowed origin
+        // gets no socket on either transport.
+        let minted = env.mint("33").await;
+        let cookie = format!("Cookie: connect.sid={}", minted.cookie_value);
+        let (status, _) = wire::raw(
+            &addr,
+            &wire::get("/socket.io?EIO=4&transport=polling", &[evil, &cookie]),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(status, 403);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(env.audit_rows("socket.authenticated", 0).await.is_empty());
+        let rows = env.audit_rows("socket.origin_rejected", 1).await;
+        assert!(
+            rows.iter()
+                .any(|r| r.details.as_ref().unwrap()["path"] == "/socket.io")
+        );
+    }
+);
+
+on_both_backends!(
+    several_origin_headers_are_refused,
+    allowlist,
+    |env: TestEnv| async move {
+        let addr = env.server.local_addr;
+        let good = format!("Origin: {ALLOWED}");
+        for second in ["Origin: https://evil.example", good.as_str()] {
+            let (status, _) = wire::raw(
+                &addr,
+                &wire::get("/socket.io/?EIO=4&transport=polling", &[&good, second]),
+                Duration::from_secs(5),
+            )
+            .await;
+            assert_eq!(status, 403, "polling with {second} as well");
+            let (status, _) = wire::raw(
+                &addr,
+                &wire::get(
+                    "/socket.io/?EIO=4&transport=websocket",
+                    &[
+                        "Connection: Upgrade",
+                        "Upgrade: websocket",
+                        "Sec-WebSocket-Version: 13",
+                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                        &good,
+                        second,
+                    ],
+                ),
+                Duration::from_secs(2),
+            )
+            .await;
+            assert_eq!(status, 403, "websocket with {second} as well");
+        }
+        let rows = env.audit_rows("socket.origin_rejected", 4).await;
+        assert!(
+            rows.iter()
+                .all(|r| r.reason.as_deref() == Some("several origin headers"))
+        );
+    }
+);
+
+on_both_backends!(
+    garbage_origins_are_answered_never_dropped,
+    allowlist,
+    |env: TestEnv| async move {
+        let addr = env.server.local_addr;
+        let origins: [&[u8]; 7] = [
+            b"http:a",
+            "https:/\u{e9}.com".as_bytes(),
+            b"https:",
+            b"http:/",
+            b"\xff\xfe",
+            "http:\u{e9}".as_bytes(),
+            b"https://\xc3",
+        ];
+        for origin in origins {
+            for (method, path, expected) in [
+                ("GET", "/healthz", 200),
+                ("GET", "/socket.io/?EIO=4&transport=polling", 403),
+                ("POST", "/api/admin/guest/1/disconnect", 403),
+            ] {
+                let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 0\r\nOrigin: ").into_bytes();
+                req.extend_from_slice(origin);
+                req.extend_from_slice(b"\r\n\r\n");
+                let (status, answer) = wire::raw(&addr, &req, Duration::from_secs(5)).await;
+                assert_eq!(
+                    status,
+                    expected,
+                    "{method} {path} with Origin {:?}: {answer:?}",
+                    String::from_utf8_lossy(origin)
+                );
+                if expected == 200 {
+                    assert!(
+                        !answer
+                            .to_ascii_lowercase()
+                            .contains("access-control-allow-origin"),
+                        "no CORS grant for garbage"
+                    );
+                }
+            }
+        }
+        assert_eq!(wire::metric(&env.url(), "sockgate_panics_total").await, 0.0);
+    }
+);

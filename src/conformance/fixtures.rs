@@ -89,11 +89,7 @@ impl Fixtures {
             &config.session_table,
         )
         .await?;
-        let store = SessionStore::new(
-            db.conn.clone(),
-            config.session_schema.as_deref(),
-            &config.session_table,
-        );
+        let store = SessionStore::new(&db, config.session_schema.as_deref(), &config.session_table);
         let run = server::new_sid()
             .chars()
             .filter(char::is_ascii_alphanumeric)
@@ -155,7 +151,7 @@ impl Fixtures {
     /// passport + connect-pg-simple write one after a login
     /// (`server::mint_session`).
     pub async fn logged_in(&self, user: &str, ttl: Duration) -> Result<Session, String> {
-        let minted = server::mint_session(&self.config, &self.db, &UserId::new(user), ttl)
+        let minted = server::mint_session(&self.store, &self.secrets, &UserId::new(user), ttl)
             .await
             .map_err(|e| format!("writing a session row: {e:#}"))?;
         self.created().sids.push(minted.sid.clone());

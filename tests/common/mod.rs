@@ -125,12 +125,50 @@ impl Drop for TestDb {
     }
 }
 
+/// A test module `$name` with the same test on SQLite and on PostgreSQL
+/// (skipped loudly, or failing under SOCKGATE_REQUIRE_PG, without one).
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($name:ident, $tweak:expr, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let env = TestEnv::start_with(Backend::Sqlite, $tweak).await.unwrap();
+                ($body)(env).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(env) = TestEnv::start_with(Backend::Postgres(None), $tweak).await else {
+                    return;
+                };
+                ($body)(env).await;
+            }
+        }
+    };
+}
+
 pub fn test_config(db: &TestDb) -> Config {
     let mut config = Config::for_database(db.url.clone());
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.secrets = vec![SECRET.into(), OLD_SECRET.into()];
     config.db_acquire_timeout_ms = 1_000;
+    unlimited(&mut config);
     config
+}
+
+/// The per-client limits out of the way: every test drives the server from
+/// one address (127.0.0.1), some with thousands of connections. The tests
+/// of the limits set the ones they cross.
+pub fn unlimited(config: &mut Config) {
+    let l = &mut config.limits;
+    l.max_connections_per_ip = 1_000_000;
+    l.handshakes_per_ip_per_sec = 1_000_000;
+    l.handshake_burst_per_ip = 1_000_000;
+    l.max_sockets_per_user = 1_000_000;
+    l.max_sockets_per_session = 1_000_000;
+    l.refusal_log_per_ip_per_sec = 1_000_000;
+    l.refusal_log_burst_per_ip = 1_000_000;
 }
 
 /// Plays the Node app's part on PostgreSQL: the session table from
@@ -222,11 +260,8 @@ impl TestEnv {
     }
 
     pub async fn mint_for(&self, user: &str, ttl: Duration) -> Minted {
-        let db = sockgate::db::Database {
-            conn: self.conn().clone(),
-            session_zone: None,
-        };
-        server::mint_session(&self.config, &db, &UserId::new(user), ttl)
+        let auth = &self.server.state.auth;
+        server::mint_session(&auth.store, &auth.secrets, &UserId::new(user), ttl)
             .await
             .unwrap()
     }

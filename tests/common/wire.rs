@@ -112,3 +112,37 @@ pub async fn status(base_url: &str, path: &str) -> u16 {
         .map(|r| r.status().as_u16())
         .unwrap_or(0)
 }
+
+/// Sends `request` as written on a new TCP connection and reads until the
+/// server closes or `limit` passes: the status code (0 for none) and the
+/// whole answer as text. Requests should say `Connection: close`.
+pub async fn raw(addr: &SocketAddr, request: &[u8], limit: Duration) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A GET of `path_and_query` with extra header lines (`Name: value`).
+pub fn get(path_and_query: &str, headers: &[&str]) -> Vec<u8> {
+    let mut req = format!("GET {path_and_query} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// The body of an answer read by [`raw`].
+pub fn body(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
