@@ -1,6 +1,7 @@
 //! The handshake contract (DESIGN.md, "Handshake"), through a real
 //! rust_socketio client over both transports, on SQLite and PostgreSQL.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -8,27 +9,6 @@ use std::time::Duration;
 use common::client::{self, Options, Transport};
 use common::{Backend, TestEnv, now_secs};
 use serde_json::json;
-
-/// Runs one async test body against SQLite and against PostgreSQL.
-macro_rules! on_both_backends {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let env = TestEnv::start(Backend::Sqlite).await.unwrap();
-                ($body)(env).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(env) = TestEnv::start(Backend::Postgres(None)).await else {
-                    return;
-                };
-                ($body)(env).await;
-            }
-        }
-    };
-}
 
 fn cookie(env: &TestEnv, value: &str) -> Options {
     Options {

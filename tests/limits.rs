@@ -66,7 +66,12 @@ on_both_backends!(
         );
         assert_eq!(post(&env, &http, &sid, "40".into()).await, 200);
         let (_, second) = poll(&env, &http, &sid).await;
-        assert_eq!(second, "1", "the close packet comes next");
+        // The close packet comes next (a heartbeat ping may ride along).
+        let packets: Vec<&str> = second.split('\u{1e}').collect();
+        assert!(
+            packets.contains(&"1") && packets.iter().all(|p| *p == "1" || *p == "2"),
+            "{second:?}"
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let (status, _) = poll(&env, &http, &sid).await;
@@ -438,7 +443,8 @@ on_both_backends!(
         let http = reqwest::Client::new();
         let mut statuses = Vec::new();
         let mut sid = None;
-        for _ in 0..6 {
+        let started = Instant::now();
+        for _ in 0..8 {
             let resp = http.get(polling(&env, None)).send().await.unwrap();
             statuses.push(resp.status().as_u16());
             let body = resp.text().await.unwrap();
@@ -449,16 +455,13 @@ on_both_backends!(
                 assert_eq!(body, "Too many handshakes");
             }
         }
-        assert_eq!(
-            statuses.iter().filter(|s| **s == 200).count(),
-            3,
-            "{statuses:?}"
-        );
-        assert_eq!(
-            statuses.iter().filter(|s| **s == 429).count(),
-            3,
-            "{statuses:?}"
-        );
+        // A burst of 3, then one a second: however slow this machine is.
+        let refill = started.elapsed().as_secs_f64().ceil() as usize;
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        let refused = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!(ok + refused, 8, "{statuses:?}");
+        assert!((3..=3 + refill).contains(&ok), "{statuses:?} in {refill} s");
+        assert_eq!(&statuses[..3], &[200, 200, 200]);
         // Requests of an open session are not handshakes.
         let (status, _) = poll(&env, &http, sid.as_deref().unwrap()).await;
         assert_eq!(status, 200);
@@ -468,8 +471,8 @@ on_both_backends!(
                 .all(|r| r.reason.as_deref() == Some("handshakes_per_ip"))
         );
         assert_eq!(
-            wire::metric(&env.url(), "sockgate_limit_refusals_total").await,
-            3.0
+            wire::metric(&env.url(), "sockgate_limit_refusals_total").await as usize,
+            refused
         );
     }
 );

@@ -1,6 +1,7 @@
 //! Live sessions (issue: a socket must not outlive its session), through a
 //! real rust_socketio client on SQLite and PostgreSQL, with short intervals.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -9,26 +10,6 @@ use common::client::{self, Options, TestClient, Transport};
 use common::{Backend, TestEnv, now_secs};
 use sea_orm::EntityTrait;
 use serde_json::json;
-
-macro_rules! on_both_backends {
-    ($name:ident, $tweak:expr, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let env = TestEnv::start_with(Backend::Sqlite, $tweak).await.unwrap();
-                ($body)(env).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(env) = TestEnv::start_with(Backend::Postgres(None), $tweak).await else {
-                    return;
-                };
-                ($body)(env).await;
-            }
-        }
-    };
-}
 
 fn fast_checks(config: &mut sockgate::config::Config) {
     config.session_check_interval = Duration::from_millis(300);

@@ -1,6 +1,7 @@
 //! The Origin allowlist on both transports, through a real client and raw
 //! HTTP, on SQLite and PostgreSQL.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -14,26 +15,6 @@ const ALLOWED: &str = "http://allowed.test:8080";
 
 fn allowlist(config: &mut sockgate::config::Config) {
     config.allowed_origins = Some(format!("{ALLOWED}, https://*.tenant.test"));
-}
-
-macro_rules! on_both_backends {
-    ($name:ident, $tweak:expr, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let env = TestEnv::start_with(Backend::Sqlite, $tweak).await.unwrap();
-                ($body)(env).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(env) = TestEnv::start_with(Backend::Postgres(None), $tweak).await else {
-                    return;
-                };
-                ($body)(env).await;
-            }
-        }
-    };
 }
 
 fn with_origin(env: &TestEnv, cookie: &str, origin: Option<&str>) -> Options {

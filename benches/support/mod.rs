@@ -3,6 +3,9 @@
 //! Socket.IO v5 handshake over a websocket directly.
 #![allow(dead_code)]
 
+#[path = "../../tests/common/unlimited_env.rs"]
+mod unlimited_env;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -131,7 +134,7 @@ impl Server {
             .env("LISTEN_ADDR", addr.to_string())
             .env("RUST_LOG", "warn")
             // One client address drives thousands of connections.
-            .envs(UNLIMITED_ENV)
+            .envs(unlimited_env::UNLIMITED_ENV)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {
@@ -378,14 +381,3 @@ pub fn write_report(name: &str, json: &serde_json::Value) {
     std::fs::write(&path, serde_json::to_string_pretty(json).unwrap()).unwrap();
     println!("wrote {}", path.display());
 }
-
-/// The per-client limits out of the way for a load from one address.
-pub const UNLIMITED_ENV: [(&str, &str); 7] = [
-    ("MAX_CONNECTIONS_PER_IP", "1000000"),
-    ("HANDSHAKES_PER_IP_PER_SEC", "1000000"),
-    ("HANDSHAKE_BURST_PER_IP", "1000000"),
-    ("MAX_SOCKETS_PER_USER", "1000000"),
-    ("MAX_SOCKETS_PER_SESSION", "1000000"),
-    ("REFUSAL_LOG_PER_IP_PER_SEC", "1000000"),
-    ("REFUSAL_LOG_BURST_PER_IP", "1000000"),
-];

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod pg;
 pub mod process;
+pub mod unlimited_env;
 pub mod wire;
 
 use std::time::Duration;
@@ -129,6 +130,9 @@ impl Drop for TestDb {
 /// (skipped loudly, or failing under SOCKGATE_REQUIRE_PG, without one).
 #[allow(unused_macros)]
 macro_rules! on_both_backends {
+    ($name:ident, $body:expr) => {
+        on_both_backends!($name, |_: &mut sockgate::config::Config| {}, $body);
+    };
     ($name:ident, $tweak:expr, $body:expr) => {
         mod $name {
             use super::*;

@@ -25,7 +25,7 @@ impl Node {
         cmd.env("LISTEN_ADDR", addr.to_string())
             .env("RUST_LOG", "warn")
             // One client address drives thousands of connections.
-            .envs(UNLIMITED_ENV)
+            .envs(super::unlimited_env::UNLIMITED_ENV)
             .env_remove("DATABASE_URL")
             .kill_on_drop(true)
             .stdout(std::process::Stdio::null());
@@ -56,14 +56,3 @@ impl Node {
         let _ = self.child.kill().await;
     }
 }
-
-/// The per-client limits out of the way for a load from one address.
-pub const UNLIMITED_ENV: [(&str, &str); 7] = [
-    ("MAX_CONNECTIONS_PER_IP", "1000000"),
-    ("HANDSHAKES_PER_IP_PER_SEC", "1000000"),
-    ("HANDSHAKE_BURST_PER_IP", "1000000"),
-    ("MAX_SOCKETS_PER_USER", "1000000"),
-    ("MAX_SOCKETS_PER_SESSION", "1000000"),
-    ("REFUSAL_LOG_PER_IP_PER_SEC", "1000000"),
-    ("REFUSAL_LOG_BURST_PER_IP", "1000000"),
-];

@@ -54,11 +54,18 @@ impl<H: EngineIoHandler> CloseSession for EngineIo<H> {
     }
 }
 
-/// Resolves once a GET has taken everything queued and answered (it holds
-/// the receiver until it has).
+/// Resolves once a GET has taken everything queued and answered. A GET holds
+/// the receiver until it has answered, but the client's next GET, idle until
+/// there is something to send, holds it too: the wait for the receiver is
+/// therefore bounded, long enough for an answer already taken to be written
+/// out, and what is queued after it goes to that next GET.
 async fn taken<D: Default + Send + Sync + 'static>(socket: &crate::Socket<D>) {
     socket.internal_tx.drained().await;
-    drop(socket.internal_rx.lock().await);
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        socket.internal_rx.lock(),
+    )
+    .await;
 }
 
 /// A handle on every engine built from one config (a tower layer builds one
