@@ -94,10 +94,10 @@ async fn main() {
     tokio::spawn(conn);
     client
         .batch_execute(&format!(
-            "INSERT INTO app_user (id, username, created_at) SELECT i::text, 'u' || i, now() FROM generate_series(0, {n}) i;
-             INSERT INTO organization (id, name, created_at) VALUES (1, 'bench', now());
-             INSERT INTO member (organization_id, user_id, role) VALUES (1, '0', 'admin');
-             INSERT INTO guest (id, user_id, organization_id, soft_locked, created_at)
+            "INSERT INTO sockgate.app_user (id, username, created_at) SELECT i::text, 'u' || i, now() FROM generate_series(0, {n}) i;
+             INSERT INTO sockgate.organization (id, name, created_at) VALUES (1, 'bench', now());
+             INSERT INTO sockgate.member (organization_id, user_id, role) VALUES (1, '0', 'admin');
+             INSERT INTO sockgate.guest (id, user_id, organization_id, soft_locked, created_at)
                SELECT i, i::text, 1, false, now() FROM generate_series(1, {n}) i;",
             n = 2 * ROUNDS
         ))

@@ -124,23 +124,22 @@ pub async fn disconnect_guest(
     let admin = caller(&state, &headers).await?;
     // Before any guest lookup: a caller who administers nothing is refused
     // whatever the id, so guest ids cannot be enumerated.
-    if !guests::is_admin_anywhere(&state.db, &admin).await? {
+    if !guests::is_admin_anywhere(&state.db, &state.tables, &admin).await? {
         tracing::warn!(admin = %admin, "admin route: caller is an admin of no organization");
         return Err(AdminError::NotAdmin);
     }
-    // Ids that are not numbers name no guest.
-    let guest_id: i64 = guest_id.parse().map_err(|_| AdminError::UnknownGuest)?;
-    let guest = guests::find(&state.db, guest_id)
+    // An id that is not one of the id column's type names no guest.
+    let guest = guests::find(&state.db, &state.tables, &guest_id)
         .await?
         .ok_or(AdminError::UnknownGuest)?;
-    if !guests::is_admin_of(&state.db, &admin, guest.organization_id).await? {
-        tracing::warn!(admin = %admin, guest = guest.id, "admin route: caller is not an admin of the guest's organization");
+    if !guests::is_admin_of(&state.db, &state.tables, &admin, &guest).await? {
+        tracing::warn!(admin = %admin, guest = %guest.id, "admin route: caller is not an admin of the guest's organization");
         return Err(AdminError::NotAdmin);
     }
     let body = parse_body(&headers, &body)?;
     let message = guests::lock_message(body.reason.as_deref())
         .map_err(|e: ReasonError| AdminError::BadBody(e.to_string()))?;
-    let newly_locked = guests::lock(&state.db, &guest, &message, Utc::now()).await?;
+    let newly_locked = guests::lock(&state.db, &state.tables, &guest, &message).await?;
     let user = UserId::new(guest.user_id.clone());
     let result = guests::disconnect_user(&state.fleet, &user, &message, Scope::Cluster).await;
 
@@ -157,7 +156,7 @@ pub async fn disconnect_guest(
     }));
     state.audit.record(event);
     let disconnected = result?;
-    tracing::info!(admin = %admin, guest = guest.id, user = %user, disconnected, newly_locked, "guest soft-locked and disconnected");
+    tracing::info!(admin = %admin, guest = %guest.id, user = %user, disconnected, newly_locked, "guest soft-locked and disconnected");
     Ok(Json(Disconnected {
         success: true,
         disconnected,

@@ -11,11 +11,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use entity::audit_log;
 use http::HeaderMap;
-use sea_orm::{ActiveValue::NotSet, DatabaseConnection, EntityTrait, Set};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use serde_json::{Map, Value as Json};
 use tokio::sync::mpsc;
+
+use crate::catalog::Kind;
+use crate::sql::{Sql, as_id};
+use crate::tables::{AuditTable, Col, Tables};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -74,22 +77,6 @@ impl AuditEvent {
             client_ip: None,
             headers: None,
             details: None,
-        }
-    }
-
-    fn into_active_model(self) -> audit_log::ActiveModel {
-        audit_log::ActiveModel {
-            id: NotSet,
-            created_at: Set(self.at),
-            action: Set(self.action.to_owned()),
-            severity: Set(self.severity.as_str().to_owned()),
-            user_id: Set(self.user_id),
-            socket_id: Set(self.socket_id),
-            session_ref: Set(self.session_ref),
-            reason: Set(self.reason),
-            client_ip: Set(self.client_ip),
-            headers: Set(self.headers),
-            details: Set(self.details),
         }
     }
 }
@@ -174,6 +161,7 @@ impl AuditLog {
     /// most `capacity` events and `max_bytes` of them.
     pub fn spawn(
         db: DatabaseConnection,
+        tables: Arc<Tables>,
         capacity: usize,
         max_bytes: usize,
         metrics: crate::metrics::Metrics,
@@ -193,7 +181,13 @@ impl AuditLog {
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let (written, bytes) = (log.written.clone(), log.bytes.clone());
         crate::supervise::spawn("audit_writer", metrics, move || {
-            writer(db.clone(), rx.clone(), written.clone(), bytes.clone())
+            writer(
+                db.clone(),
+                tables.clone(),
+                rx.clone(),
+                written.clone(),
+                bytes.clone(),
+            )
         });
         log
     }
@@ -246,8 +240,229 @@ impl AuditLog {
 
 const BATCH: usize = 256;
 
+/// One INSERT for a batch of events, into the audit target's mapped
+/// columns. A field without a column of its own goes into the details
+/// JSON under its name, so nothing an event says is lost on an app table
+/// with fewer columns.
+fn insert_statement<'a>(
+    tables: &'a Tables,
+    events: impl Iterator<Item = &'a AuditEvent>,
+) -> Statement {
+    let a = &tables.audit;
+    let backend = tables.backend;
+    let mut sql = Sql::new(backend);
+    let mut columns: Vec<&'a str> = Vec::new();
+    let mut rows = Vec::new();
+    for event in events {
+        let mut values = Vec::new();
+        let first = rows.is_empty();
+        let mut put = |col: &'a Col, expr: String| {
+            if first {
+                columns.push(&col.q);
+            }
+            values.push(expr);
+        };
+        if let Some(col) = &a.id {
+            let id = sql.bind(crate::sql::new_uuid());
+            put(col, cast_to(backend, col, &id));
+        }
+        let action = sql.bind(event.action);
+        put(&a.action, cast_to(backend, &a.action, &action));
+        let severity = sql.bind(event.severity.as_str());
+        put(&a.severity, cast_to(backend, &a.severity, &severity));
+        let user = sql.bind(event.user_id.clone());
+        put(&a.user_id, as_id(backend, a.user_id.id_kind(), &user));
+        let at = created_at_value(tables, &a.created_at, event.at, &mut sql);
+        put(&a.created_at, at);
+
+        let mut extra = Map::new();
+        for (col, key, value) in [
+            (&a.socket_id, "socket_id", &event.socket_id),
+            (&a.reason, "reason", &event.reason),
+            (&a.ip, "client_ip", &event.client_ip),
+            (&a.session_ref, "session_ref", &event.session_ref),
+        ] {
+            match col {
+                Some(col) => {
+                    let p = sql.bind(value.clone());
+                    put(col, cast_to(backend, col, &p));
+                }
+                None => {
+                    if let Some(value) = value {
+                        extra.insert(key.to_owned(), Json::String(value.clone()));
+                    }
+                }
+            }
+        }
+        match &a.headers {
+            Some(col) => {
+                let p = sql.bind(event.headers.as_ref().map(Json::to_string));
+                put(col, cast_to(backend, col, &p));
+            }
+            None => {
+                if let Some(headers) = &event.headers {
+                    extra.insert("headers".to_owned(), headers.clone());
+                }
+            }
+        }
+        let details = details_with(event.details.as_ref(), extra, a.own);
+        let p = sql.bind(details.map(|d| d.to_string()));
+        put(&a.details, cast_to(backend, &a.details, &p));
+        rows.push(format!("({})", values.join(", ")));
+    }
+    sql.text = format!(
+        "INSERT INTO {} ({}) VALUES {}",
+        a.table,
+        columns.join(", "),
+        rows.join(", ")
+    );
+    sql.build()
+}
+
+/// The event's details with the fields that have no column of their own.
+/// An app's table gets an object even when there is nothing to say, as
+/// its column may be NOT NULL.
+fn details_with(details: Option<&Json>, extra: Map<String, Json>, own: bool) -> Option<Json> {
+    match details {
+        None if extra.is_empty() && own => None,
+        Some(details) if extra.is_empty() => Some(details.clone()),
+        Some(Json::Object(map)) => {
+            let mut map = map.clone();
+            for (k, v) in extra {
+                map.entry(k).or_insert(v);
+            }
+            Some(Json::Object(map))
+        }
+        Some(other) => {
+            let mut map = extra;
+            map.insert("details".to_owned(), other.clone());
+            Some(Json::Object(map))
+        }
+        None => Some(Json::Object(extra)),
+    }
+}
+
+/// A bound text placeholder as a value of `col`'s type.
+fn cast_to(backend: DbBackend, col: &Col, placeholder: &str) -> String {
+    if backend != DbBackend::Postgres {
+        return placeholder.to_owned();
+    }
+    match col.kind {
+        // The catalog's own spelling of the type, already quoted by it.
+        Kind::Json | Kind::Enum | Kind::Uuid | Kind::Inet => {
+            format!("CAST(CAST({placeholder} AS text) AS {})", col.sql_type)
+        }
+        _ => placeholder.to_owned(),
+    }
+}
+
+fn created_at_value(tables: &Tables, col: &Col, at: DateTime<Utc>, sql: &mut Sql) -> String {
+    match (tables.backend, col.kind) {
+        // Wall-clock time in the Node app's zone, as the app writes it.
+        (DbBackend::Postgres, Kind::Timestamp) => {
+            let at = sql.bind(at);
+            let zone = sql.bind(tables.zone.as_str());
+            format!("({at} AT TIME ZONE {zone})")
+        }
+        (DbBackend::Postgres, _) => sql.bind(at),
+        (_, Kind::Integer) => sql.bind(at.timestamp()),
+        _ => sql.bind(at),
+    }
+}
+
+/// An audit row read back (tests and the conformance suite): every field
+/// from its column, or from the details JSON where it has none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    pub action: String,
+    pub severity: String,
+    pub user_id: Option<String>,
+    pub socket_id: Option<String>,
+    pub session_ref: Option<String>,
+    pub reason: Option<String>,
+    pub client_ip: Option<String>,
+    pub headers: Option<Json>,
+    pub details: Option<Json>,
+}
+
+/// The rows of `action` written at or after `since`, oldest first.
+pub async fn rows_since(
+    db: &DatabaseConnection,
+    tables: &Tables,
+    action: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<AuditRow>, DbErr> {
+    let a: &AuditTable = &tables.audit;
+    let text = |col: &Col| format!("CAST({} AS TEXT)", col.q);
+    let opt = |col: &Option<Col>| col.as_ref().map_or("NULL".to_owned(), text);
+    let mut sql = Sql::new(tables.backend);
+    let action_param = sql.bind(action);
+    let since_expr = created_at_value(tables, &a.created_at, since, &mut sql);
+    sql.text = format!(
+        "SELECT {action} AS action, {severity} AS severity, {user} AS user_id, \
+                {socket} AS socket_id, {session} AS session_ref, {reason} AS reason, \
+                {ip} AS client_ip, {headers} AS headers, {details} AS details \
+         FROM {table} WHERE CAST({action_col} AS TEXT) = {action_param} AND {at} >= {since_expr} \
+         ORDER BY {order}",
+        action = text(&a.action),
+        severity = text(&a.severity),
+        user = text(&a.user_id),
+        socket = opt(&a.socket_id),
+        session = opt(&a.session_ref),
+        reason = opt(&a.reason),
+        ip = opt(&a.ip),
+        headers = opt(&a.headers),
+        details = text(&a.details),
+        table = a.table,
+        action_col = a.action.q,
+        at = a.created_at.q,
+        // sockgate's own rows in insertion order; an app's by time.
+        order = if a.own {
+            "\"id\""
+        } else {
+            a.created_at.q.as_str()
+        },
+    );
+    let rows = db.query_all_raw(sql.build()).await?;
+    rows.iter()
+        .map(|row| {
+            let json = |name: &str| -> Result<Option<Json>, DbErr> {
+                Ok(row
+                    .try_get::<Option<String>>("", name)?
+                    .and_then(|t| serde_json::from_str(&t).ok()))
+            };
+            let details = json("details")?;
+            let from_details = |key: &str| {
+                details
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .and_then(Json::as_str)
+                    .map(str::to_owned)
+            };
+            let or_details = |name: &str, key: &str| -> Result<Option<String>, DbErr> {
+                Ok(row
+                    .try_get::<Option<String>>("", name)?
+                    .or_else(|| from_details(key)))
+            };
+            Ok(AuditRow {
+                action: row.try_get("", "action")?,
+                severity: row.try_get("", "severity")?,
+                user_id: row.try_get("", "user_id")?,
+                socket_id: or_details("socket_id", "socket_id")?,
+                session_ref: or_details("session_ref", "session_ref")?,
+                reason: or_details("reason", "reason")?,
+                client_ip: or_details("client_ip", "client_ip")?,
+                headers: json("headers")?
+                    .or_else(|| details.as_ref().and_then(|d| d.get("headers")).cloned()),
+                details,
+            })
+        })
+        .collect()
+}
+
 async fn writer(
     db: DatabaseConnection,
+    tables: Arc<Tables>,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<(AuditEvent, usize)>>>,
     written: Arc<AtomicU64>,
     bytes: Arc<AtomicUsize>,
@@ -259,11 +474,8 @@ async fn writer(
         let count = batch.len() as u64;
         let weight: usize = batch.iter().map(|(_, w)| w).sum();
         loop {
-            let models = batch.iter().map(|(e, _)| e.clone().into_active_model());
-            match audit_log::Entity::insert_many(models)
-                .exec_without_returning(&db)
-                .await
-            {
+            let insert = insert_statement(&tables, batch.iter().map(|(e, _)| e));
+            match db.execute_raw(insert).await {
                 Ok(_) => break,
                 Err(err) => {
                     tracing::warn!(error = %err, pending = batch.len(), retry_in = ?backoff, "audit write failed; will retry");
@@ -287,10 +499,23 @@ mod tests {
     /// counted.
     #[tokio::test]
     async fn the_queue_is_bounded_in_bytes() {
-        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
-        db.close_by_ref().await.unwrap();
+        let mut config = crate::config::Config::for_database("sqlite::memory:");
+        config.db_max_connections = 1;
+        let db = crate::db::connect(&config).await.unwrap();
+        crate::db::migrate(&config, &db).await.unwrap();
+        let ns = crate::tables::Namespace::new(DbBackend::Sqlite, "sockgate");
+        let tables = Tables::resolve(&db, &ns, &Default::default())
+            .await
+            .unwrap();
+        db.conn.close_by_ref().await.unwrap();
         let max_bytes = 64 * 1024;
-        let log = AuditLog::spawn(db, 100_000, max_bytes, crate::metrics::Metrics::new());
+        let log = AuditLog::spawn(
+            db.conn,
+            Arc::new(tables),
+            100_000,
+            max_bytes,
+            crate::metrics::Metrics::new(),
+        );
         for i in 0..1000 {
             let mut event = AuditEvent::new(action::AUTH_FAILED, Severity::Warn);
             event.details = Some(serde_json::json!({ "i": i, "pad": "x".repeat(1000) }));

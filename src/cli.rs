@@ -41,6 +41,11 @@ pub enum Command {
         #[arg(long, conflicts_with = "revocation_trigger")]
         remove_revocation_trigger: bool,
     },
+    /// Connect and print what sockgate will rely on (session table and
+    /// zone, its own schema, the mapped tables, audit target, origins,
+    /// adapter) without starting the server or writing anything; exits
+    /// non-zero with the reason on any problem.
+    Check,
     /// Session helpers for development and tests.
     Session {
         #[command(subcommand)]
@@ -100,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     config.validate()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Conformance(args) => conformance(config, args).await,
+        Command::Check => crate::check::run(&config).await,
         Command::Serve => {
             let running = server::spawn(config).await?;
             running.wait_for_ctrl_c().await
@@ -110,7 +116,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             remove_revocation_trigger,
         } => {
             let db = crate::db::connect(&config).await?;
-            crate::db::migrate(&db).await?;
+            crate::db::migrate(&config, &db).await?;
             let (schema, table) = (
                 config.session_schema.as_deref(),
                 config.session_table.as_str(),
@@ -133,7 +139,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await?;
             }
-            println!("sockgate tables are up to date");
+            // What `serve` will check, so a bad mapping shows now.
+            let tables = server::check_tables(&config, &db).await?;
+            println!(
+                "sockgate tables are up to date in {}",
+                crate::check::own_place(&tables.namespace)
+            );
             Ok(())
         }
         Command::Session {
@@ -141,7 +152,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let db = crate::db::connect(&config).await?;
             if config.is_sqlite() {
-                crate::db::migrate(&db).await?;
+                crate::db::migrate(&config, &db).await?;
                 server::prepare_dev_database(&config, &db).await?;
             }
             let ttl = ttl.map_or_else(|| config.session_ttl(), std::time::Duration::from_secs);
@@ -149,6 +160,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &db,
                 config.session_schema.as_deref(),
                 &config.session_table,
+                None,
             );
             let minted = server::mint_session(&store, &config.secrets()?, &UserId::new(user), ttl)
                 .await

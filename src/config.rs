@@ -130,6 +130,21 @@ pub struct Config {
     #[arg(long, env = "WEB_DIR", global = true)]
     pub web_dir: Option<std::path::PathBuf>,
 
+    /// TOML file mapping the Node app's guest, member and audit tables
+    /// (README › Beside your app). `SOCKGATE_GUESTS__*`, `SOCKGATE_MEMBERS__*`
+    /// and `SOCKGATE_AUDIT__*` override its entries.
+    #[arg(long = "config", env = "SOCKGATE_CONFIG", global = true)]
+    pub config_file: Option<std::path::PathBuf>,
+
+    /// PostgreSQL schema of sockgate's own tables (created by `migrate`).
+    #[arg(
+        long,
+        env = "SOCKGATE_SCHEMA",
+        default_value = "sockgate",
+        global = true
+    )]
+    pub sockgate_schema: String,
+
     #[command(flatten)]
     pub limits: LimitsConfig,
 }
@@ -291,6 +306,8 @@ pub enum ConfigError {
     HeaderBytesTooSmall,
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
+    #[error(transparent)]
+    Mapping(#[from] crate::tables::MappingError),
     #[error("{what}: {entry:?} is not an origin ({error})")]
     BadOrigin {
         what: &'static str,
@@ -322,6 +339,11 @@ impl Config {
             AdapterKind::Redis if self.redis_url.is_none() => Err(ConfigError::RedisUrlRequired),
             kind => Ok(kind),
         }
+    }
+
+    /// The declared mapping of the app's tables (empty: sockgate's own).
+    pub fn mapping(&self) -> Result<crate::tables::Mapping, ConfigError> {
+        Ok(crate::tables::Mapping::load(self.config_file.as_deref())?)
     }
 
     pub fn is_sqlite(&self) -> bool {
@@ -433,6 +455,8 @@ impl Config {
             return Err(ConfigError::EmptyCookieName);
         }
         check_identifier("SESSION_TABLE", &self.session_table)?;
+        check_identifier("SOCKGATE_SCHEMA", &self.sockgate_schema)?;
+        self.mapping()?;
         if let Some(schema) = &self.session_schema {
             check_identifier("SESSION_SCHEMA", schema)?;
         }

@@ -11,6 +11,7 @@
 pub mod cases;
 pub mod client;
 pub mod fixtures;
+pub mod rows;
 
 use std::fmt;
 use std::panic::AssertUnwindSafe;

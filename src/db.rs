@@ -38,6 +38,8 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
     #[error("session table {table}: {problem}")]
     SessionTable { table: String, problem: String },
+    #[error(transparent)]
+    Schema(#[from] crate::tables::SchemaError),
 }
 
 /// The session table's name as connect-pg-simple quotes it.
@@ -136,11 +138,87 @@ pub async fn detect_default_zone(url: &str) -> Result<String, DbError> {
         .map_err(|e| DbError::ZoneDetection(e.to_string()))
 }
 
-/// Runs sockgate's own migrations (never touches the session table).
-pub async fn migrate(db: &Database) -> Result<(), DbError> {
+/// A connection that sees sockgate's namespace alone, for the migrations:
+/// on PostgreSQL one connection with `search_path` set to sockgate's schema
+/// (so nothing they create or look up can land outside it, their
+/// bookkeeping table included); on SQLite the pool itself (own names carry
+/// a prefix there).
+async fn namespace_connection(
+    config: &Config,
+    db: &Database,
+) -> Result<DatabaseConnection, DbError> {
+    if db.conn.get_database_backend() != DbBackend::Postgres {
+        return Ok(db.conn.clone());
+    }
+    let options = PgConnectOptions::from_str(&config.database_url)
+        .map_err(|e| DbError::BadUrl(e.to_string()))?
+        .application_name("sockgate-migrate");
+    let set_path = format!(
+        "SET search_path TO {}",
+        crate::sql::ident(&config.sockgate_schema)
+    );
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(config.db_acquire_timeout())
+        .after_connect(move |conn, _| {
+            let set_path = set_path.clone();
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, sqlx::raw_sql(sqlx::AssertSqlSafe(set_path))).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    Ok(SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
+}
+
+/// Creates or updates sockgate's own tables, in its own namespace only
+/// (its PostgreSQL schema, created if missing; prefixed names on SQLite).
+/// A table of sockgate's that exists with another shape is an error naming
+/// it, never adopted. Never touches the session table or any app table.
+pub async fn migrate(config: &Config, db: &Database) -> Result<(), DbError> {
     use migration::MigratorTrait;
-    migration::Migrator::up(&db.conn, None).await?;
+    let namespace =
+        crate::tables::Namespace::new(db.conn.get_database_backend(), &config.sockgate_schema);
+    crate::tables::verify_own_tables(&db.conn, &namespace).await?;
+    if db.conn.get_database_backend() == DbBackend::Postgres {
+        db.conn
+            .execute_unprepared(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                crate::sql::ident(&config.sockgate_schema)
+            ))
+            .await?;
+    }
+    let conn = namespace_connection(config, db).await?;
+    let migrated = migration::Migrator::up(&conn, None).await;
+    if db.conn.get_database_backend() == DbBackend::Postgres {
+        conn.close().await?;
+    }
+    migrated?;
+    crate::tables::verify_own_tables(&db.conn, &namespace).await?;
     Ok(())
+}
+
+/// How many of sockgate's migrations have not run (PostgreSQL, where
+/// `serve` does not migrate). Reads only.
+pub async fn pending_migrations(config: &Config, db: &Database) -> Result<usize, DbError> {
+    use migration::MigratorTrait;
+    let (schema, table) = (
+        Some(config.sockgate_schema.as_str()),
+        migration::MIGRATIONS_TABLE,
+    );
+    if crate::catalog::columns(&db.conn, schema, table)
+        .await?
+        .is_none()
+    {
+        return Ok(migration::Migrator::migrations().len());
+    }
+    let conn = namespace_connection(config, db).await?;
+    let pending = migration::Migrator::get_pending_migrations(&conn).await;
+    if db.conn.get_database_backend() == DbBackend::Postgres {
+        conn.close().await?;
+    }
+    Ok(pending?.len())
 }
 
 /// connect-pg-simple's table.sql, for SQLite development databases and for

@@ -1,11 +1,14 @@
 //! Soft-locked guests: the rules (who may lock whom, what the client is
-//! told) and the rows behind them. The HTTP route in `admin` and the session
+//! told) and the rows behind them, in the app's tables through the mapping
+//! or in sockgate's own ([`crate::tables`]). The HTTP route in `admin` and the session
 //! watcher both end a guest's sockets through [`disconnect_user`].
 
-use chrono::{DateTime, Utc};
-use entity::{guest, member};
-use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 use serde_json::json;
+
+use crate::catalog::Kind;
+use crate::sql::{Sql, as_id};
+use crate::tables::{Col, Tables};
 
 use crate::fleet::{FleetCell, FleetError, Notice, Scope};
 use crate::session::UserId;
@@ -47,57 +50,157 @@ pub fn lock_message(reason: Option<&str>) -> Result<String, ReasonError> {
     Ok(reason.to_owned())
 }
 
-pub async fn find(db: &DatabaseConnection, id: i64) -> Result<Option<guest::Model>, DbErr> {
-    guest::Entity::find_by_id(id).one(db).await
+/// A guest row as the admin route needs it, ids as text whatever their
+/// column types.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestRow {
+    pub id: String,
+    pub user_id: String,
+    pub organization_id: String,
+    pub soft_locked: bool,
 }
 
-/// Whether `user` is an `admin` member of `organization`.
+/// The guest with id `id` (the route's path text, compared in the id
+/// column's own type: a text that is no id of that type finds nothing).
+pub async fn find(
+    db: &DatabaseConnection,
+    tables: &Tables,
+    id: &str,
+) -> Result<Option<GuestRow>, DbErr> {
+    let g = &tables.guests;
+    let mut sql = Sql::new(tables.backend);
+    let id_param = sql.bind(id);
+    let text = |c: &str| format!("CAST({c} AS TEXT)");
+    sql.text = format!(
+        "SELECT {id} AS id, {user} AS user_id, {org} AS organization_id, \
+                CASE WHEN {locked} IS TRUE THEN 1 ELSE 0 END AS soft_locked \
+         FROM {table} WHERE {id_col} = {param} LIMIT 1",
+        id = text(&g.id.q),
+        user = text(&g.user_id.q),
+        org = text(&g.organization_id.q),
+        locked = g.soft_locked.q,
+        table = g.table,
+        id_col = g.id.q,
+        param = as_id(tables.backend, g.id.id_kind(), &id_param),
+    );
+    let Some(row) = db.query_one_raw(sql.build()).await? else {
+        return Ok(None);
+    };
+    Ok(Some(GuestRow {
+        id: row.try_get("", "id")?,
+        user_id: row.try_get("", "user_id")?,
+        organization_id: row.try_get("", "organization_id")?,
+        soft_locked: row.try_get::<i32>("", "soft_locked")? != 0,
+    }))
+}
+
+/// `m.role` among the admin roles, with the roles bound.
+fn admin_role_filter(sql: &mut Sql, tables: &Tables, alias: &str) -> String {
+    let m = &tables.members;
+    let roles: Vec<String> = m.admin_roles.iter().map(|r| sql.bind(r.as_str())).collect();
+    format!(
+        "CAST({alias}.{} AS TEXT) IN ({})",
+        m.role.q,
+        roles.join(", ")
+    )
+}
+
 /// Whether `user` is an admin of any organization: who is not cannot learn
 /// which guest ids exist.
-pub async fn is_admin_anywhere(db: &DatabaseConnection, user: &UserId) -> Result<bool, DbErr> {
-    Ok(member::Entity::find()
-        .filter(member::Column::UserId.eq(user.as_str()))
-        .filter(member::Column::Role.eq(member::ROLE_ADMIN))
-        .one(db)
-        .await?
-        .is_some())
+pub async fn is_admin_anywhere(
+    db: &DatabaseConnection,
+    tables: &Tables,
+    user: &UserId,
+) -> Result<bool, DbErr> {
+    let m = &tables.members;
+    let mut sql = Sql::new(tables.backend);
+    let user_param = sql.bind(user.as_str());
+    let roles = admin_role_filter(&mut sql, tables, "m");
+    sql.text = format!(
+        "SELECT 1 AS one FROM {table} m WHERE m.{user_col} = {user} AND {roles} LIMIT 1",
+        table = m.table,
+        user_col = m.user_id.q,
+        user = as_id(tables.backend, m.user_id.id_kind(), &user_param),
+    );
+    Ok(db.query_one_raw(sql.build()).await?.is_some())
 }
 
+/// Whether `user` is an admin member of the organization of guest `guest`.
 pub async fn is_admin_of(
     db: &DatabaseConnection,
+    tables: &Tables,
     user: &UserId,
-    organization: i64,
+    guest: &GuestRow,
 ) -> Result<bool, DbErr> {
-    Ok(member::Entity::find()
-        .filter(member::Column::OrganizationId.eq(organization))
-        .filter(member::Column::UserId.eq(user.as_str()))
-        .filter(member::Column::Role.eq(member::ROLE_ADMIN))
-        .one(db)
-        .await?
-        .is_some())
+    let (g, m) = (&tables.guests, &tables.members);
+    let mut sql = Sql::new(tables.backend);
+    let guest_param = sql.bind(guest.id.as_str());
+    let user_param = sql.bind(user.as_str());
+    let roles = admin_role_filter(&mut sql, tables, "m");
+    sql.text = format!(
+        "SELECT 1 AS one FROM {members} m JOIN {guests} g ON m.{m_org} = g.{g_org} \
+         WHERE g.{g_id} = {guest} AND m.{m_user} = {user} AND {roles} LIMIT 1",
+        members = m.table,
+        guests = g.table,
+        m_org = m.organization_id.q,
+        g_org = g.organization_id.q,
+        g_id = g.id.q,
+        guest = as_id(tables.backend, g.id.id_kind(), &guest_param),
+        m_user = m.user_id.q,
+        user = as_id(tables.backend, m.user_id.id_kind(), &user_param),
+    );
+    Ok(db.query_one_raw(sql.build()).await?.is_some())
 }
 
-/// Marks the guest soft-locked. Idempotent: a guest already locked keeps
-/// the time and reason of the first lock. Returns whether this call locked it.
+/// Sets the guest's soft-lock flag (and reason and time where mapped).
+/// Idempotent: a guest already locked (by an earlier call, or by the app
+/// itself) keeps the time and reason of that lock. Returns whether this
+/// call locked it.
 pub async fn lock(
     db: &DatabaseConnection,
-    guest: &guest::Model,
+    tables: &Tables,
+    guest: &GuestRow,
     reason: &str,
-    now: DateTime<Utc>,
 ) -> Result<bool, DbErr> {
     if guest.soft_locked {
         return Ok(false);
     }
-    // Conditional update, so two admins locking at once record one lock.
-    let result = guest::Entity::update_many()
-        .col_expr(guest::Column::SoftLocked, true.into())
-        .col_expr(guest::Column::LockedAt, Some(now).into())
-        .col_expr(guest::Column::LockReason, Some(reason.to_owned()).into())
-        .filter(guest::Column::Id.eq(guest.id))
-        .filter(guest::Column::SoftLocked.eq(false))
-        .exec(db)
-        .await?;
-    Ok(result.rows_affected > 0)
+    let g = &tables.guests;
+    let mut sql = Sql::new(tables.backend);
+    let mut sets = vec![format!("{} = TRUE", g.soft_locked.q)];
+    if let Some(col) = &g.lock_reason {
+        let reason = sql.bind(reason);
+        sets.push(format!("{} = {reason}", col.q));
+    }
+    if let Some(col) = &g.locked_at {
+        sets.push(format!("{} = {}", col.q, now_for(tables, col, &mut sql)));
+    }
+    let id_param = sql.bind(guest.id.as_str());
+    // Conditional, so two admins locking at once record one lock.
+    sql.text = format!(
+        "UPDATE {table} SET {sets} WHERE {id} = {param} AND {locked} IS NOT TRUE",
+        table = g.table,
+        sets = sets.join(", "),
+        id = g.id.q,
+        param = as_id(tables.backend, g.id.id_kind(), &id_param),
+        locked = g.soft_locked.q,
+    );
+    Ok(db.execute_raw(sql.build()).await?.rows_affected() > 0)
+}
+
+/// The current time as a value for `col`: a `timestamp without time zone`
+/// holds the Node app's zone (as connect-pg-simple's `expire` does), an
+/// SQLite integer column Unix seconds, SQLite text ISO 8601 UTC.
+pub fn now_for(tables: &Tables, col: &Col, sql: &mut Sql) -> String {
+    match (tables.backend, col.kind) {
+        (DbBackend::Postgres, Kind::Timestamp) => {
+            let zone = sql.bind(tables.zone.as_str());
+            format!("(now() AT TIME ZONE {zone})")
+        }
+        (DbBackend::Postgres, _) => "now()".to_owned(),
+        (_, Kind::Integer) => "CAST(strftime('%s', 'now') AS INTEGER)".to_owned(),
+        _ => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')".to_owned(),
+    }
 }
 
 /// Ends every socket of `user` in `scope`: `guest:locked` with `message`

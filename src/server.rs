@@ -9,7 +9,6 @@ use anyhow::Context;
 use base64::Engine;
 use chrono::{DateTime, TimeZone, Utc};
 use rand::RngCore;
-use sea_orm::{EntityTrait, Set};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -26,6 +25,7 @@ use crate::origin_guard::ViolationLog;
 use crate::registry::Registry;
 use crate::session::{self, UserId};
 use crate::session_store::SessionStore;
+use crate::tables::{Namespace, Tables};
 use crate::watcher::Watcher;
 
 /// The development user a fresh SQLite database starts with.
@@ -42,6 +42,8 @@ pub const DEV_ORGANIZATION_ID: i64 = 1;
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: sea_orm::DatabaseConnection,
+    /// Guests, members and the audit target, as checked at start.
+    pub tables: Arc<Tables>,
     pub auth: Authenticator,
     pub audit: AuditLog,
     pub registry: Registry,
@@ -65,21 +67,13 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     let db = db::connect(&config)
         .await
         .context("connecting to the database")?;
-    if config.is_development() {
-        db::migrate(&db)
-            .await
-            .context("migrating the SQLite database")?;
-        prepare_dev_database(&config, &db).await?;
-    } else {
-        db::verify_session_table(
-            &db.conn,
-            config.session_schema.as_deref(),
-            &config.session_table,
-        )
-        .await?;
-        ensure_migrated(&db).await?;
-    }
-    let store = SessionStore::new(&db, config.session_schema.as_deref(), &config.session_table);
+    let tables = Arc::new(prepare_tables(&config, &db).await?);
+    let store = SessionStore::new(
+        &db,
+        config.session_schema.as_deref(),
+        &config.session_table,
+        Some(tables.clone()),
+    );
     let auth = Authenticator {
         store,
         secrets: config.secrets()?,
@@ -88,6 +82,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     let metrics = Metrics::new();
     let audit = AuditLog::spawn(
         db.conn.clone(),
+        tables.clone(),
         config.audit_buffer,
         config.limits.audit_buffer_bytes,
         metrics.clone(),
@@ -119,6 +114,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     Ok(AppState {
         config: Arc::new(config),
         db: db.conn,
+        tables,
         auth,
         audit,
         registry,
@@ -132,73 +128,123 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     })
 }
 
-async fn ensure_migrated(db: &Database) -> anyhow::Result<()> {
-    use migration::MigratorTrait;
-    let pending = migration::Migrator::get_pending_migrations(&db.conn)
-        .await
-        .context("reading sockgate's migrations")?;
-    if !pending.is_empty() {
-        anyhow::bail!(
-            "{} sockgate migration(s) pending: run `sockgate migrate` against this database first",
-            pending.len()
-        );
-    }
-    Ok(())
-}
-
 /// On SQLite the session table is sockgate's to create, and a development
 /// user is there to log in as.
 pub async fn prepare_dev_database(config: &Config, db: &Database) -> anyhow::Result<()> {
     db::create_session_table(&db.conn, None, &config.session_table).await?;
-    seed_dev_data(&db.conn).await
+    seed_dev_data(&db.conn, &namespace(config, db)).await
+}
+
+/// Where sockgate's own tables live for this configuration.
+pub fn namespace(config: &Config, db: &Database) -> Namespace {
+    Namespace::new(db.conn.get_database_backend(), &config.sockgate_schema)
+}
+
+/// Everything `serve` relies on in the database, checked without writing:
+/// the session table's shape, sockgate's schema and migrations, and the
+/// mapped (or own) guest, member and audit tables. Development (SQLite)
+/// migrates and seeds first.
+pub async fn prepare_tables(config: &Config, db: &Database) -> anyhow::Result<Tables> {
+    if config.is_development() {
+        db::migrate(config, db)
+            .await
+            .context("migrating the SQLite database")?;
+        prepare_dev_database(config, db).await?;
+    }
+    check_tables(config, db).await
+}
+
+/// The checks of [`prepare_tables`], reading only (`sockgate check`).
+pub async fn check_tables(config: &Config, db: &Database) -> anyhow::Result<Tables> {
+    db::verify_session_table(
+        &db.conn,
+        config.session_schema.as_deref(),
+        &config.session_table,
+    )
+    .await?;
+    let ns = namespace(config, db);
+    if ns.backend == sea_orm::DbBackend::Postgres
+        && !crate::catalog::schema_exists(&db.conn, &ns.schema).await?
+    {
+        anyhow::bail!(
+            "schema {} (SOCKGATE_SCHEMA) does not exist: run `sockgate migrate` against this database first",
+            crate::sql::ident(&ns.schema)
+        );
+    }
+    let pending = db::pending_migrations(config, db).await?;
+    if pending > 0 {
+        anyhow::bail!(
+            "{pending} sockgate migration(s) pending: run `sockgate migrate` against this database first"
+        );
+    }
+    crate::tables::verify_own_tables(&db.conn, &ns).await?;
+    let mapping = config.mapping()?;
+    Ok(Tables::resolve(db, &ns, &mapping).await?)
 }
 
 /// The development organization: user "1" (dev) is its admin, user "2" is
-/// guest 1 in it. Only missing rows are written, so a lock survives restarts.
-pub async fn seed_dev_data(conn: &sea_orm::DatabaseConnection) -> anyhow::Result<()> {
-    use entity::{app_user, guest, member, organization};
-    let now = Utc::now();
+/// guest 1 in it, in sockgate's own tables. Only missing rows are written,
+/// so a lock survives restarts.
+pub async fn seed_dev_data(
+    conn: &sea_orm::DatabaseConnection,
+    ns: &Namespace,
+) -> anyhow::Result<()> {
+    use sea_orm::{ConnectionTrait, Value};
+    let now = Value::from(Utc::now());
+    let backend = conn.get_database_backend();
+    let insert = |table: &str, columns: &str, values: Vec<Value>| {
+        let mut sql = crate::sql::Sql::new(backend);
+        let placeholders: Vec<String> = values.into_iter().map(|v| sql.bind(v)).collect();
+        sql.text = format!(
+            "INSERT INTO {} ({columns}) VALUES ({}) ON CONFLICT DO NOTHING",
+            ns.table(table),
+            placeholders.join(", ")
+        );
+        sql.build()
+    };
     for (id, name) in [
         (DEV_USER_ID, DEV_USERNAME),
         (DEV_GUEST_USER_ID, DEV_GUEST_USERNAME),
     ] {
-        app_user::Entity::insert(app_user::ActiveModel {
-            id: Set(id.to_owned()),
-            username: Set(name.to_owned()),
-            created_at: Set(now),
-        })
-        .on_conflict_do_nothing_on([app_user::Column::Id])
-        .exec_without_returning(conn)
+        conn.execute_raw(insert(
+            "app_user",
+            "id, username, created_at",
+            vec![id.into(), name.into(), now.clone()],
+        ))
         .await?;
     }
-    organization::Entity::insert(organization::ActiveModel {
-        id: Set(DEV_ORGANIZATION_ID),
-        name: Set("Dev organization".to_owned()),
-        created_at: Set(now),
-    })
-    .on_conflict_do_nothing_on([organization::Column::Id])
-    .exec_without_returning(conn)
+    conn.execute_raw(insert(
+        "organization",
+        "id, name, created_at",
+        vec![
+            DEV_ORGANIZATION_ID.into(),
+            "Dev organization".into(),
+            now.clone(),
+        ],
+    ))
     .await?;
-    member::Entity::insert(member::ActiveModel {
-        id: Set(1),
-        organization_id: Set(DEV_ORGANIZATION_ID),
-        user_id: Set(DEV_USER_ID.to_owned()),
-        role: Set(member::ROLE_ADMIN.to_owned()),
-    })
-    .on_conflict_do_nothing_on([member::Column::Id])
-    .exec_without_returning(conn)
+    conn.execute_raw(insert(
+        "member",
+        "id, organization_id, user_id, role",
+        vec![
+            1i64.into(),
+            DEV_ORGANIZATION_ID.into(),
+            DEV_USER_ID.into(),
+            crate::tables::OWN_ADMIN_ROLE.into(),
+        ],
+    ))
     .await?;
-    guest::Entity::insert(guest::ActiveModel {
-        id: Set(DEV_GUEST_ID),
-        user_id: Set(DEV_GUEST_USER_ID.to_owned()),
-        organization_id: Set(DEV_ORGANIZATION_ID),
-        soft_locked: Set(false),
-        locked_at: Set(None),
-        lock_reason: Set(None),
-        created_at: Set(now),
-    })
-    .on_conflict_do_nothing_on([guest::Column::Id])
-    .exec_without_returning(conn)
+    conn.execute_raw(insert(
+        "guest",
+        "id, user_id, organization_id, soft_locked, created_at",
+        vec![
+            DEV_GUEST_ID.into(),
+            DEV_GUEST_USER_ID.into(),
+            DEV_ORGANIZATION_ID.into(),
+            false.into(),
+            now,
+        ],
+    ))
     .await?;
     Ok(())
 }

@@ -5,7 +5,11 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
 use serde_json::Value as Json;
 
+use std::sync::Arc;
+
 use crate::db::quoted_table;
+use crate::sql::{Sql, as_id};
+use crate::tables::Tables;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,12 +44,20 @@ pub struct SessionStore {
     table: String,
     /// The zone `expire` is written in (PostgreSQL; SQLite stores UTC).
     zone: String,
+    /// Where soft-locked guests are read; without it no session is
+    /// judged locked (`sockgate session mint` only).
+    tables: Option<Arc<Tables>>,
 }
 
 impl SessionStore {
     /// `schema` and `zone` apply on PostgreSQL only: SQLite has no schemas
     /// and its development tables hold UTC.
-    pub fn new(db: &crate::db::Database, schema: Option<&str>, table: &str) -> Self {
+    pub fn new(
+        db: &crate::db::Database,
+        schema: Option<&str>,
+        table: &str,
+        tables: Option<Arc<Tables>>,
+    ) -> Self {
         let schema = match db.conn.get_database_backend() {
             DbBackend::Postgres => schema,
             _ => None,
@@ -54,6 +66,7 @@ impl SessionStore {
             table: quoted_table(schema, table),
             zone: db.session_zone.clone().unwrap_or_else(|| "UTC".to_owned()),
             db: db.conn.clone(),
+            tables,
         }
     }
 
@@ -74,12 +87,12 @@ impl SessionStore {
                 "SELECT sid, sess::text AS sess, {}, {} \
                  FROM {} WHERE sid = $1",
                 pg_expire_at("$2"),
-                guest_lock_column(DbBackend::Postgres),
+                self.guest_lock_column(),
                 self.table
             ),
             _ => format!(
                 "SELECT sid, sess AS sess, expire AS expire_at, {} FROM {} WHERE sid = ?",
-                guest_lock_column(DbBackend::Sqlite),
+                self.guest_lock_column(),
                 self.table
             ),
         };
@@ -111,22 +124,22 @@ impl SessionStore {
         &self,
         user: &crate::session::UserId,
     ) -> Result<Option<String>, StoreError> {
-        let placeholder = if self.backend() == DbBackend::Postgres {
-            "$1"
-        } else {
-            "?"
+        let Some(tables) = &self.tables else {
+            return Ok(None);
         };
-        let row = self
-            .db
-            .query_one_raw(Statement::from_sql_and_values(
-                self.backend(),
-                format!(
-                    "SELECT COALESCE(lock_reason, '') AS guest_lock FROM guest \
-                     WHERE soft_locked AND user_id = {placeholder} LIMIT 1"
-                ),
-                [user.as_str().into()],
-            ))
-            .await?;
+        let g = &tables.guests;
+        let mut sql = Sql::new(self.backend());
+        let param = sql.bind(user.as_str());
+        sql.text = format!(
+            "SELECT {reason} AS guest_lock FROM {table} g \
+             WHERE g.{locked} IS TRUE AND g.{user_col} = {user} LIMIT 1",
+            reason = lock_reason_expr(tables),
+            table = g.table,
+            locked = g.soft_locked.q,
+            user_col = g.user_id.q,
+            user = as_id(self.backend(), g.user_id.id_kind(), &param),
+        );
+        let row = self.db.query_one_raw(sql.build()).await?;
         Ok(row
             .map(|r| r.try_get::<String>("", "guest_lock"))
             .transpose()?)
@@ -228,22 +241,45 @@ pub struct SessionCheck {
     pub guest_lock: Option<String>,
 }
 
-/// A column `guest_lock`: the lock reason (or `''`) when the row's
-/// `sess.passport.user` (or its `id`) is a soft-locked guest, else NULL.
-/// Read in the same query as the session, so a handshake stays one round
-/// trip. Malformed `sess` reads as no user rather than failing the query.
-fn guest_lock_column(backend: DbBackend) -> String {
-    match backend {
-        DbBackend::Postgres => format!(
-            "(SELECT COALESCE(g.lock_reason, '') FROM guest g WHERE g.soft_locked \
-               AND g.user_id IN ({PG_SESS} #>> '{{passport,user}}', {PG_SESS} #>> '{{passport,user,id}}') \
-               LIMIT 1) AS guest_lock"
-        ),
-        _ => "(SELECT COALESCE(g.lock_reason, '') FROM guest g WHERE g.soft_locked \
-               AND g.user_id IN (CASE WHEN json_valid(sess) THEN sess ->> '$.passport.user' END, \
-                                 CASE WHEN json_valid(sess) THEN sess ->> '$.passport.user.id' END) \
-               LIMIT 1) AS guest_lock"
-            .to_owned(),
+impl SessionStore {
+    /// A column `guest_lock`: the lock reason (or `''`) when the row's
+    /// `sess.passport.user` (or its `id`) is a soft-locked guest, else NULL.
+    /// Read in the same query as the session, so a handshake stays one round
+    /// trip. Malformed `sess` reads as no user rather than failing the query.
+    fn guest_lock_column(&self) -> String {
+        let Some(tables) = &self.tables else {
+            return "CAST(NULL AS TEXT) AS guest_lock".to_owned();
+        };
+        let backend = self.backend();
+        let (user, user_id) = match backend {
+            DbBackend::Postgres => (
+                format!("({PG_SESS} #>> '{{passport,user}}')"),
+                format!("({PG_SESS} #>> '{{passport,user,id}}')"),
+            ),
+            _ => (
+                "(CASE WHEN json_valid(sess) THEN sess ->> '$.passport.user' END)".to_owned(),
+                "(CASE WHEN json_valid(sess) THEN sess ->> '$.passport.user.id' END)".to_owned(),
+            ),
+        };
+        let kind = tables.guests.user_id.id_kind();
+        format!(
+            "(SELECT {reason} FROM {table} g WHERE g.{locked} IS TRUE \
+               AND g.{user_col} IN ({a}, {b}) LIMIT 1) AS guest_lock",
+            reason = lock_reason_expr(tables),
+            table = tables.guests.table,
+            locked = tables.guests.soft_locked.q,
+            user_col = tables.guests.user_id.q,
+            a = as_id(backend, kind, &user),
+            b = as_id(backend, kind, &user_id),
+        )
+    }
+}
+
+/// The lock reason of guest row `g`, `''` when none is kept.
+fn lock_reason_expr(tables: &Tables) -> String {
+    match &tables.guests.lock_reason {
+        Some(col) => format!("COALESCE(CAST(g.{} AS TEXT), '')", col.q),
+        None => "''".to_owned(),
     }
 }
 
@@ -306,7 +342,7 @@ impl SessionStore {
                             CASE WHEN strpos(sess::text, '\\u0000') > 0 THEN sess::text END AS raw_sess, {} \
                      FROM {} WHERE sid = ANY($1)",
                     pg_expire_at("$2"),
-                    guest_lock_column(DbBackend::Postgres),
+                    self.guest_lock_column(),
                     self.table
                 ),
                 [
@@ -327,7 +363,7 @@ impl SessionStore {
                             CASE WHEN json_valid(sess) THEN sess -> '$.cookie.originalMaxAge' END AS max_age, \
                             NULL AS raw_sess, {} \
                      FROM {} WHERE sid IN ({})",
-                    guest_lock_column(DbBackend::Sqlite),
+                    self.guest_lock_column(),
                     self.table,
                     vec!["?"; sids.len()].join(", ")
                 ),

@@ -10,7 +10,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Form, Json, Router};
-use sea_orm::EntityTrait;
 use serde::Deserialize;
 use tower_http::services::ServeDir;
 
@@ -67,6 +66,19 @@ struct DevLogin {
     user: String,
 }
 
+/// Whether `user` is one of the development users (sockgate's own
+/// `app_user` table).
+async fn dev_user_exists(state: &AppState, user: &str) -> Result<bool, sea_orm::DbErr> {
+    use sea_orm::ConnectionTrait;
+    let mut sql = crate::sql::Sql::new(state.tables.backend);
+    let param = sql.bind(user);
+    sql.text = format!(
+        "SELECT 1 AS one FROM {} WHERE id = {param}",
+        state.tables.namespace.table("app_user")
+    );
+    Ok(state.db.query_one_raw(sql.build()).await?.is_some())
+}
+
 /// Development sign-in (SQLite only): a form or JSON body `{user}` naming an
 /// existing `app_user`; writes a logged-in session as the Node app would,
 /// sets its cookie and sends the browser to the app page.
@@ -91,12 +103,9 @@ async fn dev_login(State(state): State<AppState>, req: Request) -> Response {
         Ok(body) => body.user.trim().to_owned(),
         Err(rejection) => return rejection,
     };
-    match entity::app_user::Entity::find_by_id(user.clone())
-        .one(&state.db)
-        .await
-    {
-        Ok(Some(_)) => {}
-        Ok(None) => {
+    match dev_user_exists(&state, &user).await {
+        Ok(true) => {}
+        Ok(false) => {
             return (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("no development user {user:?}"),

@@ -16,7 +16,6 @@ use common::client::{self, Options, Seen, TestClient, Transport};
 use common::pg::OwnCluster;
 use common::wire::{self, HandshakeError};
 use common::{TestDb, TestEnv};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use serde_json::{Value, json};
 use sockgate::config::{AdapterKind, Config};
 use tokio::io::AsyncWriteExt;
@@ -118,20 +117,25 @@ async fn delete_session(url: &str, sid: &str) {
 
 /// The `socket.auth_failed` rows whose reason is the unreachable store,
 /// once there are at least `at_least` of them (or after 20 s).
-async fn store_refusal_rows(env: &TestEnv, at_least: usize) -> Vec<entity::audit_log::Model> {
-    use entity::audit_log::{Column, Entity};
+async fn store_refusal_rows(env: &TestEnv, at_least: usize) -> Vec<sockgate::audit::AuditRow> {
     let deadline = Instant::now() + Duration::from_secs(20);
+    let since = chrono::DateTime::<chrono::Utc>::from_timestamp(0, 0).unwrap();
     loop {
-        let rows = Entity::find()
-            .filter(Column::Action.eq("socket.auth_failed"))
-            .filter(Column::Reason.starts_with(STORE_REASON_PREFIX))
-            .order_by_asc(Column::Id)
-            .all(env.conn())
-            .await;
-        if let Ok(rows) = rows
-            && (rows.len() >= at_least || Instant::now() > deadline)
-        {
-            return rows;
+        let rows =
+            sockgate::audit::rows_since(env.conn(), env.tables(), "socket.auth_failed", since)
+                .await;
+        if let Ok(rows) = rows {
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|r| {
+                    r.reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with(STORE_REASON_PREFIX))
+                })
+                .collect();
+            if rows.len() >= at_least || Instant::now() > deadline {
+                return rows;
+            }
         }
         assert!(Instant::now() < deadline, "audit_log unreadable for 20 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -343,51 +347,13 @@ const ORG: i64 = 1;
 const ADMIN: &str = "100";
 
 async fn seed_guests(env: &TestEnv, guests: &[(i64, &str)]) {
-    use entity::{app_user, guest, member, organization};
-    let db = env.conn();
-    let now = chrono::Utc::now();
-    let users = std::iter::once(ADMIN).chain(guests.iter().map(|(_, u)| *u));
-    for id in users {
-        app_user::Entity::insert(app_user::ActiveModel {
-            id: Set(id.into()),
-            username: Set(format!("user{id}")),
-            created_at: Set(now),
-        })
-        .exec_without_returning(db)
-        .await
-        .unwrap();
-    }
-    organization::Entity::insert(organization::ActiveModel {
-        id: Set(ORG),
-        name: Set("Acme".into()),
-        created_at: Set(now),
-    })
-    .exec_without_returning(db)
-    .await
-    .unwrap();
-    member::Entity::insert(member::ActiveModel {
-        organization_id: Set(ORG),
-        user_id: Set(ADMIN.into()),
-        role: Set("admin".into()),
-        ..Default::default()
-    })
-    .exec_without_returning(db)
-    .await
-    .unwrap();
-    for (id, user) in guests {
-        guest::Entity::insert(guest::ActiveModel {
-            id: Set(*id),
-            user_id: Set((*user).into()),
-            organization_id: Set(ORG),
-            soft_locked: Set(false),
-            locked_at: Set(None),
-            lock_reason: Set(None),
-            created_at: Set(now),
-        })
-        .exec_without_returning(db)
-        .await
-        .unwrap();
-    }
+    env.add_org(ORG, "Acme").await;
+    env.add_member(ORG, ADMIN, "admin").await;
+    let guests: Vec<(i64, String)> = guests
+        .iter()
+        .map(|(id, u)| (*id, (*u).to_owned()))
+        .collect();
+    env.add_guests(ORG, &guests).await;
 }
 
 async fn lock_guest(base: &str, guest: i64, admin_cookie: &str) -> (u16, Value) {

@@ -9,8 +9,7 @@ use std::time::Duration;
 use common::client::{self, Options, Transport};
 use common::process::Node;
 use common::{Backend, TestEnv};
-use entity::{app_user, guest, member, organization};
-use sea_orm::{ConnectionTrait, EntityTrait, Set};
+use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
 macro_rules! on_both_backends {
@@ -55,69 +54,18 @@ fn patient_pool(c: &mut sockgate::config::Config) {
 /// Two organizations: ADMIN and MEMBER in ORG, OTHER_ADMIN admin of
 /// OTHER_ORG; GUEST_USER is guest GUEST of ORG.
 async fn seed(env: &TestEnv) {
-    let db = env.conn();
-    let now = chrono::Utc::now();
-    for id in [ADMIN, OTHER_ADMIN, MEMBER, GUEST_USER] {
-        app_user::Entity::insert(app_user::ActiveModel {
-            id: Set(id.into()),
-            username: Set(format!("user{id}")),
-            created_at: Set(now),
-        })
-        .exec_without_returning(db)
-        .await
-        .unwrap();
-    }
-    for (id, name) in [(ORG, "Acme"), (OTHER_ORG, "Other")] {
-        organization::Entity::insert(organization::ActiveModel {
-            id: Set(id),
-            name: Set(name.into()),
-            created_at: Set(now),
-        })
-        .exec_without_returning(db)
-        .await
-        .unwrap();
-    }
-    for (org, user, role) in [
-        (ORG, ADMIN, "admin"),
-        (ORG, MEMBER, "member"),
-        (OTHER_ORG, OTHER_ADMIN, "admin"),
-    ] {
-        member::Entity::insert(member::ActiveModel {
-            organization_id: Set(org),
-            user_id: Set(user.into()),
-            role: Set(role.into()),
-            ..Default::default()
-        })
-        .exec_without_returning(db)
-        .await
-        .unwrap();
-    }
+    env.add_users(&[ADMIN, OTHER_ADMIN, MEMBER, GUEST_USER])
+        .await;
+    env.add_org(ORG, "Acme").await;
+    env.add_org(OTHER_ORG, "Other").await;
+    env.add_member(ORG, ADMIN, "admin").await;
+    env.add_member(ORG, MEMBER, "member").await;
+    env.add_member(OTHER_ORG, OTHER_ADMIN, "admin").await;
     add_guest(env, GUEST, GUEST_USER).await;
 }
 
 async fn add_guest(env: &TestEnv, id: i64, user: &str) {
-    let now = chrono::Utc::now();
-    app_user::Entity::insert(app_user::ActiveModel {
-        id: Set(user.into()),
-        username: Set(format!("guest {user}")),
-        created_at: Set(now),
-    })
-    .on_conflict_do_nothing_on([app_user::Column::Id])
-    .exec_without_returning(env.conn())
-    .await
-    .unwrap();
-    guest::Entity::insert(guest::ActiveModel {
-        id: Set(id),
-        user_id: Set(user.into()),
-        organization_id: Set(ORG),
-        soft_locked: Set(false),
-        locked_at: Set(None),
-        lock_reason: Set(None),
-        created_at: Set(now),
-    })
-    .exec_without_returning(env.conn())
-    .await
-    .unwrap();
+    env.add_guests(ORG, &[(id, user.to_owned())]).await;
 }
 
 /// POSTs the admin route as `as_user` (a fresh session), from the allowed
@@ -164,12 +112,33 @@ async fn connect_to(base: &str, transport: Transport, cookie: &str) -> client::T
     client::connect(base, transport, opts).await
 }
 
-async fn guest_row(env: &TestEnv, id: i64) -> guest::Model {
-    guest::Entity::find_by_id(id)
-        .one(env.conn())
+/// A guest row of sockgate's own table, as stored.
+struct GuestRow {
+    soft_locked: bool,
+    locked_at: Option<String>,
+    lock_reason: Option<String>,
+}
+
+async fn guest_row(env: &TestEnv, id: i64) -> GuestRow {
+    let row = env
+        .conn()
+        .query_one_raw(sea_orm::Statement::from_string(
+            env.conn().get_database_backend(),
+            format!(
+                "SELECT CASE WHEN soft_locked THEN 1 ELSE 0 END AS locked, \
+                        CAST(locked_at AS TEXT) AS locked_at, lock_reason \
+                 FROM {} WHERE id = {id}",
+                env.own("guest")
+            ),
+        ))
         .await
         .unwrap()
-        .unwrap()
+        .expect("the guest row");
+    GuestRow {
+        soft_locked: row.try_get::<i32>("", "locked").unwrap() != 0,
+        locked_at: row.try_get("", "locked_at").unwrap(),
+        lock_reason: row.try_get("", "lock_reason").unwrap(),
+    }
 }
 
 on_both_backends!(
@@ -415,12 +384,10 @@ on_both_backends!(
         .await;
         c.outcome().await.unwrap();
         // Locked by another node, or by SQL, without this node hearing of it.
-        env.conn()
-            .execute_unprepared(&format!(
-                "UPDATE guest SET soft_locked = true, lock_reason = 'Locked elsewhere' WHERE id = {GUEST}"
-            ))
-            .await
-            .unwrap();
+        env.exec(&format!(
+            "UPDATE {{guest}} SET soft_locked = true, lock_reason = 'Locked elsewhere' WHERE id = {GUEST}"
+        ))
+        .await;
         let payload = c.expect_event_then_closed("guest:locked").await;
         assert_eq!(
             payload,
@@ -437,29 +404,8 @@ on_both_backends!(
 async fn ordering_trials(env: &TestEnv, transport: Transport, first_guest: i64, trials: i64) {
     let admin = cookie_of(env, ADMIN).await;
     let ids: Vec<i64> = (first_guest..first_guest + trials).collect();
-    let now = chrono::Utc::now();
-    for chunk in ids.chunks(200) {
-        app_user::Entity::insert_many(chunk.iter().map(|id| app_user::ActiveModel {
-            id: Set(format!("g{id}")),
-            username: Set(format!("guest {id}")),
-            created_at: Set(now),
-        }))
-        .exec_without_returning(env.conn())
-        .await
-        .unwrap();
-        guest::Entity::insert_many(chunk.iter().map(|&id| guest::ActiveModel {
-            id: Set(id),
-            user_id: Set(format!("g{id}")),
-            organization_id: Set(ORG),
-            soft_locked: Set(false),
-            locked_at: Set(None),
-            lock_reason: Set(None),
-            created_at: Set(now),
-        }))
-        .exec_without_returning(env.conn())
-        .await
-        .unwrap();
-    }
+    let guests: Vec<(i64, String)> = ids.iter().map(|id| (*id, format!("g{id}"))).collect();
+    env.add_guests(ORG, &guests).await;
     for wave in ids.chunks(20) {
         let mut cookies = Vec::new();
         for &id in wave {

@@ -282,36 +282,13 @@ on_both_backends!(
 
 /// A locked guest, organization 900 (SQLite's development data holds 1).
 async fn locked_guest(env: &TestEnv, guest_id: i64, user: &str) {
-    use entity::{app_user, guest, organization};
-    use sea_orm::Set;
-    let now = chrono::Utc::now();
-    app_user::Entity::insert(app_user::ActiveModel {
-        id: Set(user.into()),
-        username: Set(format!("user {user}")),
-        created_at: Set(now),
-    })
-    .exec_without_returning(env.conn())
-    .await
-    .unwrap();
-    let _ = organization::Entity::insert(organization::ActiveModel {
-        id: Set(900),
-        name: Set("Bad rows".into()),
-        created_at: Set(now),
-    })
-    .exec_without_returning(env.conn())
+    env.add_org(900, "Bad rows").await;
+    env.add_guests(900, &[(guest_id, user.to_owned())]).await;
+    env.exec(&format!(
+        "UPDATE {{guest}} SET soft_locked = TRUE, locked_at = CURRENT_TIMESTAMP, \
+         lock_reason = 'bad rows test' WHERE id = {guest_id}"
+    ))
     .await;
-    guest::Entity::insert(guest::ActiveModel {
-        id: Set(guest_id),
-        user_id: Set(user.into()),
-        organization_id: Set(900),
-        soft_locked: Set(true),
-        locked_at: Set(Some(now)),
-        lock_reason: Set(Some("bad rows test".into())),
-        created_at: Set(now),
-    })
-    .exec_without_returning(env.conn())
-    .await
-    .unwrap();
 }
 
 async fn expire_of(env: &TestEnv, sid: &str) -> i64 {

@@ -54,7 +54,7 @@ impl BenchDb {
         let mut config = sockgate::config::Config::for_database(db.url.clone());
         config.secrets = vec![SECRET.into()];
         let conn = sockgate::db::connect(&config).await.unwrap();
-        sockgate::db::migrate(&conn).await.unwrap();
+        sockgate::db::migrate(&config, &conn).await.unwrap();
         sockgate::db::create_session_table(&conn.conn, None, "session")
             .await
             .unwrap();

@@ -56,13 +56,32 @@ enum Guest {
     CreatedAt,
 }
 
+/// One of sockgate's own tables. On PostgreSQL the migrations run with
+/// `search_path` set to sockgate's schema alone, so an unqualified name
+/// lands there; SQLite has no schemas, so the name carries a prefix.
+fn own(manager: &SchemaManager, table: impl Iden) -> Alias {
+    let name = table.to_string();
+    match manager.get_database_backend() {
+        sea_orm::DbBackend::Postgres => Alias::new(name),
+        _ => Alias::new(format!("{}{name}", crate::SQLITE_PREFIX)),
+    }
+}
+
+/// Index names are per schema on PostgreSQL and global on SQLite.
+fn own_index(manager: &SchemaManager, name: &str) -> String {
+    match manager.get_database_backend() {
+        sea_orm::DbBackend::Postgres => name.to_owned(),
+        _ => format!("{}{name}", crate::SQLITE_PREFIX),
+    }
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
             .create_table(
                 Table::create()
-                    .table(AuditLog::Table)
+                    .table(own(manager, AuditLog::Table))
                     .if_not_exists()
                     .col(big_pk_auto(AuditLog::Id))
                     .col(timestamp_with_time_zone(AuditLog::CreatedAt))
@@ -81,8 +100,8 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_audit_log_action_created_at")
-                    .table(AuditLog::Table)
+                    .name(own_index(manager, "idx_audit_log_action_created_at"))
+                    .table(own(manager, AuditLog::Table))
                     .col(AuditLog::Action)
                     .col(AuditLog::CreatedAt)
                     .if_not_exists()
@@ -93,7 +112,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
-                    .table(AppUser::Table)
+                    .table(own(manager, AppUser::Table))
                     .if_not_exists()
                     .col(string(AppUser::Id).primary_key())
                     .col(string(AppUser::Username))
@@ -105,7 +124,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
-                    .table(Organization::Table)
+                    .table(own(manager, Organization::Table))
                     .if_not_exists()
                     .col(big_pk_auto(Organization::Id))
                     .col(string(Organization::Name))
@@ -117,7 +136,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
-                    .table(Member::Table)
+                    .table(own(manager, Member::Table))
                     .if_not_exists()
                     .col(big_pk_auto(Member::Id))
                     .col(big_integer(Member::OrganizationId))
@@ -125,14 +144,14 @@ impl MigrationTrait for Migration {
                     .col(string(Member::Role))
                     .foreign_key(
                         ForeignKey::create()
-                            .from(Member::Table, Member::OrganizationId)
-                            .to(Organization::Table, Organization::Id)
+                            .from(own(manager, Member::Table), Member::OrganizationId)
+                            .to(own(manager, Organization::Table), Organization::Id)
                             .on_delete(ForeignKeyAction::Cascade),
                     )
                     .foreign_key(
                         ForeignKey::create()
-                            .from(Member::Table, Member::UserId)
-                            .to(AppUser::Table, AppUser::Id)
+                            .from(own(manager, Member::Table), Member::UserId)
+                            .to(own(manager, AppUser::Table), AppUser::Id)
                             .on_delete(ForeignKeyAction::Cascade),
                     )
                     .to_owned(),
@@ -141,8 +160,8 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_member_org_user")
-                    .table(Member::Table)
+                    .name(own_index(manager, "idx_member_org_user"))
+                    .table(own(manager, Member::Table))
                     .col(Member::OrganizationId)
                     .col(Member::UserId)
                     .unique()
@@ -154,7 +173,7 @@ impl MigrationTrait for Migration {
         manager
             .create_table(
                 Table::create()
-                    .table(Guest::Table)
+                    .table(own(manager, Guest::Table))
                     .if_not_exists()
                     .col(big_pk_auto(Guest::Id))
                     .col(string(Guest::UserId))
@@ -165,14 +184,14 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone(Guest::CreatedAt))
                     .foreign_key(
                         ForeignKey::create()
-                            .from(Guest::Table, Guest::OrganizationId)
-                            .to(Organization::Table, Organization::Id)
+                            .from(own(manager, Guest::Table), Guest::OrganizationId)
+                            .to(own(manager, Organization::Table), Organization::Id)
                             .on_delete(ForeignKeyAction::Cascade),
                     )
                     .foreign_key(
                         ForeignKey::create()
-                            .from(Guest::Table, Guest::UserId)
-                            .to(AppUser::Table, AppUser::Id)
+                            .from(own(manager, Guest::Table), Guest::UserId)
+                            .to(own(manager, AppUser::Table), AppUser::Id)
                             .on_delete(ForeignKeyAction::Cascade),
                     )
                     .to_owned(),
@@ -181,8 +200,8 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_guest_user")
-                    .table(Guest::Table)
+                    .name(own_index(manager, "idx_guest_user"))
+                    .table(own(manager, Guest::Table))
                     .col(Guest::UserId)
                     .if_not_exists()
                     .to_owned(),
@@ -193,11 +212,11 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for table in [
-            Guest::Table.into_iden(),
-            Member::Table.into_iden(),
-            Organization::Table.into_iden(),
-            AppUser::Table.into_iden(),
-            AuditLog::Table.into_iden(),
+            own(manager, Guest::Table),
+            own(manager, Member::Table),
+            own(manager, Organization::Table),
+            own(manager, AppUser::Table),
+            own(manager, AuditLog::Table),
         ] {
             manager
                 .drop_table(Table::drop().table(table).if_exists().to_owned())

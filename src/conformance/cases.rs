@@ -451,7 +451,7 @@ fn expect_refusal(what: &str, got: (u16, Value), status: u16) -> Result<(), Stri
 
 pub async fn admin_route_refusals(s: &Suite, org: &GuestOrg) -> Result<(), String> {
     let guest = org.guests.first().ok_or("no guest fixture")?;
-    let url = s.admin_url(guest.id);
+    let url = s.admin_url(&guest.id);
     expect_refusal(
         "without a session",
         post(s, &url, None, None, None).await?,
@@ -494,7 +494,7 @@ pub async fn guest_lock(
         let reason = format!("sockgate conformance run {}", s.fixtures.run);
         let (status, body) = post(
             s,
-            &s.admin_url(guest.id),
+            &s.admin_url(&guest.id),
             Some(&org.admin.cookie),
             None,
             Some(json!({ "reason": reason })),

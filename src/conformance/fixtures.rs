@@ -1,21 +1,25 @@
 //! The rows the suite writes into the deployment's database, through
-//! sockgate's own code (connect-pg-simple's SQL for sessions, the entities
-//! for guests), and removes again.
+//! sockgate's own code (connect-pg-simple's SQL for sessions, the
+//! deployment's table mapping for guests and members), and removes again.
 //!
 //! Every user id is `conformance-<run>-<role>` and every organization is
 //! named `conformance-<run>`, so a run interrupted before its clean-up
-//! leaves rows that say where they came from. Organization, member and
-//! guest ids are assigned by the database (no reserved range could be
-//! guaranteed free in someone else's tables); the ids are recorded and
-//! exactly those rows are deleted.
+//! leaves rows that say where they came from (integer and UUID user ids are
+//! derived from that text). Row ids are assigned by the database where it
+//! can; every row written is recorded and exactly those rows are deleted.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chrono::Utc;
-use entity::{app_user, guest, member, organization};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
 use serde_json::Value;
+use sha2::Digest;
+
+use super::rows::{Fill, RowWriter};
+use crate::sql::IdKind;
+use crate::tables::Tables;
 
 use crate::config::Config;
 use crate::db::Database;
@@ -42,14 +46,14 @@ pub struct Session {
 /// An organization with an admin and guests, for the guest-lock cases.
 #[derive(Clone, Debug)]
 pub struct GuestOrg {
-    pub organization_id: i64,
+    pub organization_id: String,
     pub admin: Session,
     pub guests: Vec<Guest>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Guest {
-    pub id: i64,
+    pub id: String,
     pub user: String,
     pub session: Session,
 }
@@ -57,10 +61,6 @@ pub struct Guest {
 #[derive(Default)]
 struct Created {
     sids: Vec<String>,
-    users: Vec<String>,
-    organizations: Vec<i64>,
-    members: Vec<i64>,
-    guests: Vec<i64>,
 }
 
 pub struct Fixtures {
@@ -71,10 +71,13 @@ pub struct Fixtures {
     /// A short random tag of this run.
     pub run: String,
     created: Mutex<Created>,
+    /// Guests, members and audit rows as the deployment maps them.
+    pub tables: Arc<Tables>,
+    rows: tokio::sync::Mutex<RowWriter>,
 }
 
-fn db_err(what: &str) -> impl Fn(sea_orm::DbErr) -> String + '_ {
-    move |e| format!("{what}: {e}")
+fn schema_of(schema: &Option<String>) -> Option<&str> {
+    schema.as_deref()
 }
 
 impl Fixtures {
@@ -89,13 +92,20 @@ impl Fixtures {
             &config.session_table,
         )
         .await?;
-        let store = SessionStore::new(&db, config.session_schema.as_deref(), &config.session_table);
+        let tables = Arc::new(server::check_tables(config, &db).await?);
+        let store = SessionStore::new(
+            &db,
+            config.session_schema.as_deref(),
+            &config.session_table,
+            Some(tables.clone()),
+        );
         let run = server::new_sid()
             .chars()
             .filter(char::is_ascii_alphanumeric)
             .take(10)
             .collect::<String>()
             .to_ascii_lowercase();
+        let rows = RowWriter::new(db.conn.clone(), format!("{PREFIX}{run}"));
         Ok(Self {
             secrets: config.secrets()?,
             config: config.clone(),
@@ -103,6 +113,8 @@ impl Fixtures {
             store,
             run,
             created: Mutex::default(),
+            tables,
+            rows: tokio::sync::Mutex::new(rows),
         })
     }
 
@@ -118,9 +130,30 @@ impl Fixtures {
         self.created.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A user id of this run: `conformance-<run>-<role>`.
+    /// A user id of this run: `conformance-<run>-<role>`, or where the
+    /// mapped user ids are integers or UUIDs, one of that type derived from
+    /// the run and the role (far above the ids an app hands out).
     pub fn user(&self, role: &str) -> String {
-        format!("{PREFIX}{}-{role}", self.run)
+        let text = format!("{PREFIX}{}-{role}", self.run);
+        let digest = sha2::Sha256::digest(text.as_bytes());
+        match self.tables.guests.user_id.id_kind() {
+            IdKind::Text => text,
+            IdKind::Integer => {
+                let n = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+                (2_000_000_000 + i64::from(n % 147_000_000)).to_string()
+            }
+            IdKind::Uuid => {
+                let h = hex::encode(&digest[..16]);
+                format!(
+                    "{}-{}-4{}-8{}-{}",
+                    &h[..8],
+                    &h[8..12],
+                    &h[13..16],
+                    &h[17..20],
+                    &h[20..32]
+                )
+            }
+        }
     }
 
     /// `s:<sid>.<signature>` with the deployment's first secret.
@@ -188,47 +221,57 @@ impl Fixtures {
         Ok(row.map(|r| r.expire_at.timestamp()))
     }
 
-    async fn add_user(&self, id: &str) -> Result<(), String> {
-        self.created().users.push(id.to_owned());
-        app_user::Entity::insert(app_user::ActiveModel {
-            id: Set(id.to_owned()),
-            username: Set(id.to_owned()),
-            created_at: Set(Utc::now()),
-        })
-        .exec_without_returning(self.conn())
-        .await
-        .map_err(db_err("inserting app_user"))?;
-        Ok(())
-    }
-
-    /// An organization `conformance-<run>` with an admin member and
-    /// `guests` guests, each user with a logged-in session.
+    /// An organization with an admin member and `guests` guests, each user
+    /// with a logged-in session, written through the deployment's mapping
+    /// (the app's tables, or sockgate's own): whatever else those rows need
+    /// (a user row, an organization row, required columns) is made up and
+    /// removed again at the end.
     pub async fn guest_org(&self, guests: usize) -> Result<GuestOrg, String> {
-        let now = Utc::now();
-        let org = organization::Entity::insert(organization::ActiveModel {
-            name: Set(format!("{PREFIX}{}", self.run)),
-            created_at: Set(now),
-            ..Default::default()
-        })
-        .exec(self.conn())
-        .await
-        .map_err(db_err("inserting organization"))?
-        .last_insert_id;
-        self.created().organizations.push(org);
+        let tables = self.tables.clone();
+        let (g, m) = (&tables.guests, &tables.members);
+        let admin_role = m
+            .admin_roles
+            .first()
+            .cloned()
+            .ok_or("the member mapping names no admin role")?;
+        let guest_schema = schema_of(&g.table_schema);
+        let member_schema = schema_of(&m.table_schema);
+        let mut rows = self.rows.lock().await;
+        // The organization: a row where the guest table's foreign key
+        // points, else an id of the column's type nobody uses.
+        let fks = crate::catalog::foreign_keys(self.conn(), guest_schema, &g.table_name)
+            .await
+            .map_err(|e| format!("{}: {e}", g.table))?;
+        let org = match fks.iter().find(|k| k.column == g.organization_id.name) {
+            Some(fk) => {
+                rows.insert(
+                    fk.ref_schema.as_deref(),
+                    &fk.ref_table,
+                    Vec::new(),
+                    &fk.ref_column,
+                )
+                .await?
+            }
+            None => match g.organization_id.id_kind() {
+                IdKind::Integer => super::rows::random_int().to_string(),
+                IdKind::Uuid => crate::sql::new_uuid(),
+                IdKind::Text => format!("{PREFIX}{}", self.run),
+            },
+        };
 
         let admin_user = self.user("admin");
-        self.add_user(&admin_user).await?;
-        let member_id = member::Entity::insert(member::ActiveModel {
-            organization_id: Set(org),
-            user_id: Set(admin_user.clone()),
-            role: Set(member::ROLE_ADMIN.to_owned()),
-            ..Default::default()
-        })
-        .exec(self.conn())
-        .await
-        .map_err(db_err("inserting member"))?
-        .last_insert_id;
-        self.created().members.push(member_id);
+        rows.insert(
+            member_schema,
+            &m.table_name,
+            vec![
+                (m.user_id.name.clone(), Fill::Text(admin_user.clone())),
+                (m.organization_id.name.clone(), Fill::Text(org.clone())),
+                (m.role.name.clone(), Fill::Text(admin_role)),
+            ],
+            &m.user_id.name,
+        )
+        .await?;
+        drop(rows);
         let admin = self
             .logged_in(&admin_user, Duration::from_secs(3600))
             .await?;
@@ -236,21 +279,21 @@ impl Fixtures {
         let mut list = Vec::new();
         for n in 0..guests {
             let user = self.user(&format!("guest{n}"));
-            self.add_user(&user).await?;
-            let id = guest::Entity::insert(guest::ActiveModel {
-                user_id: Set(user.clone()),
-                organization_id: Set(org),
-                soft_locked: Set(false),
-                locked_at: Set(None),
-                lock_reason: Set(None),
-                created_at: Set(now),
-                ..Default::default()
-            })
-            .exec(self.conn())
-            .await
-            .map_err(db_err("inserting guest"))?
-            .last_insert_id;
-            self.created().guests.push(id);
+            let id = self
+                .rows
+                .lock()
+                .await
+                .insert(
+                    guest_schema,
+                    &g.table_name,
+                    vec![
+                        (g.user_id.name.clone(), Fill::Text(user.clone())),
+                        (g.organization_id.name.clone(), Fill::Text(org.clone())),
+                        (g.soft_locked.name.clone(), Fill::Bool(false)),
+                    ],
+                    &g.id.name,
+                )
+                .await?;
             let session = self.logged_in(&user, Duration::from_secs(3600)).await?;
             list.push(Guest { id, user, session });
         }
@@ -272,39 +315,7 @@ impl Fixtures {
                 problems.push(format!("session row: {e}"));
             }
         }
-        let conn = self.conn();
-        if !created.guests.is_empty()
-            && let Err(e) = guest::Entity::delete_many()
-                .filter(guest::Column::Id.is_in(created.guests.clone()))
-                .exec(conn)
-                .await
-        {
-            problems.push(format!("guest rows: {e}"));
-        }
-        if !created.members.is_empty()
-            && let Err(e) = member::Entity::delete_many()
-                .filter(member::Column::Id.is_in(created.members.clone()))
-                .exec(conn)
-                .await
-        {
-            problems.push(format!("member rows: {e}"));
-        }
-        if !created.users.is_empty()
-            && let Err(e) = app_user::Entity::delete_many()
-                .filter(app_user::Column::Id.is_in(created.users.clone()))
-                .exec(conn)
-                .await
-        {
-            problems.push(format!("app_user rows: {e}"));
-        }
-        if !created.organizations.is_empty()
-            && let Err(e) = organization::Entity::delete_many()
-                .filter(organization::Column::Id.is_in(created.organizations.clone()))
-                .exec(conn)
-                .await
-        {
-            problems.push(format!("organization rows: {e}"));
-        }
+        problems.extend(self.rows.lock().await.delete_all().await);
         if problems.is_empty() {
             Ok(())
         } else {

@@ -11,7 +11,6 @@ pub mod wire;
 use std::time::Duration;
 
 use chrono::Utc;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use sockgate::config::Config;
 use sockgate::server::{self, Minted, RunningServer};
 use sockgate::session::UserId;
@@ -179,7 +178,7 @@ pub fn unlimited(config: &mut Config) {
 /// connect-pg-simple's table.sql, and sockgate's own tables migrated.
 pub async fn prepare_postgres(config: &Config) {
     let db = sockgate::db::connect(config).await.unwrap();
-    sockgate::db::migrate(&db).await.unwrap();
+    sockgate::db::migrate(config, &db).await.unwrap();
     sockgate::db::create_session_table(
         &db.conn,
         config.session_schema.as_deref(),
@@ -307,20 +306,93 @@ impl TestEnv {
             .to_string()
     }
 
-    /// Waits for audit rows of `action` (the writer is asynchronous).
-    pub async fn audit_rows(&self, action: &str, at_least: usize) -> Vec<entity::audit_log::Model> {
+    /// Waits for audit rows of `action` (the writer is asynchronous), read
+    /// back from the audit target (sockgate's own table or the app's).
+    pub async fn audit_rows(
+        &self,
+        action: &str,
+        at_least: usize,
+    ) -> Vec<sockgate::audit::AuditRow> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let since = chrono::DateTime::<Utc>::from_timestamp(0, 0).unwrap();
         loop {
-            let rows = entity::audit_log::Entity::find()
-                .filter(entity::audit_log::Column::Action.eq(action))
-                .order_by_asc(entity::audit_log::Column::Id)
-                .all(self.conn())
+            let rows = sockgate::audit::rows_since(self.conn(), self.tables(), action, since)
                 .await
                 .unwrap();
             if rows.len() >= at_least || tokio::time::Instant::now() > deadline {
                 return rows;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The tables the server checked at start.
+    pub fn tables(&self) -> &sockgate::tables::Tables {
+        &self.server.state.tables
+    }
+
+    /// One of sockgate's own tables, quoted and qualified for this backend
+    /// (`"sockgate"."guest"`, `"sockgate_guest"`).
+    pub fn own(&self, table: &str) -> String {
+        self.tables().namespace.table(table)
+    }
+
+    /// Runs SQL in which `{guest}`, `{member}`, `{organization}`,
+    /// `{app_user}` and `{audit_log}` name sockgate's own tables.
+    pub async fn exec(&self, sql: &str) {
+        use sea_orm::ConnectionTrait;
+        let mut sql = sql.to_owned();
+        for table in ["guest", "member", "organization", "app_user", "audit_log"] {
+            sql = sql.replace(&format!("{{{table}}}"), &self.own(table));
+        }
+        self.conn()
+            .execute_unprepared(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Users, organizations, members and guests in sockgate's own tables.
+    pub async fn add_users(&self, ids: &[&str]) {
+        let values: Vec<String> = ids
+            .iter()
+            .map(|id| format!("('{id}', 'user {id}', CURRENT_TIMESTAMP)"))
+            .collect();
+        self.exec(&format!(
+            "INSERT INTO {{app_user}} (id, username, created_at) VALUES {} ON CONFLICT DO NOTHING",
+            values.join(", ")
+        ))
+        .await;
+    }
+
+    pub async fn add_org(&self, id: i64, name: &str) {
+        self.exec(&format!(
+            "INSERT INTO {{organization}} (id, name, created_at) VALUES ({id}, '{name}', CURRENT_TIMESTAMP) ON CONFLICT DO NOTHING"
+        ))
+        .await;
+    }
+
+    pub async fn add_member(&self, org: i64, user: &str, role: &str) {
+        self.add_users(&[user]).await;
+        self.exec(&format!(
+            "INSERT INTO {{member}} (organization_id, user_id, role) VALUES ({org}, '{user}', '{role}')"
+        ))
+        .await;
+    }
+
+    /// Guests `(id, user)` of `org`, not locked; their users are created.
+    pub async fn add_guests(&self, org: i64, guests: &[(i64, String)]) {
+        for chunk in guests.chunks(200) {
+            let users: Vec<&str> = chunk.iter().map(|(_, u)| u.as_str()).collect();
+            self.add_users(&users).await;
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|(id, user)| format!("({id}, '{user}', {org}, FALSE, CURRENT_TIMESTAMP)"))
+                .collect();
+            self.exec(&format!(
+                "INSERT INTO {{guest}} (id, user_id, organization_id, soft_locked, created_at) VALUES {}",
+                values.join(", ")
+            ))
+            .await;
         }
     }
 }
