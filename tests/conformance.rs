@@ -109,10 +109,14 @@ async fn assert_cleaned_up(env: &TestEnv) {
 }
 
 async fn every_case_passes(env: TestEnv) {
+    let opts = options(&env);
+    every_case_passes_with(opts).await;
+    assert_cleaned_up(&env).await;
+}
+
+async fn every_case_passes_with(opts: Options) {
     let started = std::time::Instant::now();
-    let report = conformance::run(&options(&env))
-        .await
-        .expect("the run starts");
+    let report = conformance::run(&opts).await.expect("the run starts");
     print(&report);
     eprintln!("whole run: {} ms", started.elapsed().as_millis());
     assert_eq!(names(&report), ALL_CASES, "every case ran, in order");
@@ -133,7 +137,57 @@ async fn every_case_passes(env: TestEnv) {
         report.summary(),
         format!("{} passed, 0 failed", ALL_CASES.len())
     );
-    assert_cleaned_up(&env).await;
+}
+
+/// A deployment beside the drizzle-style app schema: the suite writes its
+/// organization, admin and guests into the app's tables through the
+/// deployment's mapping (users, organizations and required columns made
+/// up as needed), and removes every row again.
+async fn beside_the_app(backend: Backend) {
+    use common::app_schemas::{DRIZZLE, app_database, with_mapping};
+    let Some(db) = app_database(backend, &DRIZZLE).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = with_mapping(&dir, &DRIZZLE);
+    let env = TestEnv::start_on(db, |c| {
+        deployment(c);
+        mapping(c);
+    })
+    .await;
+    let mut opts = options(&env);
+    opts.config.config_file = env.config.config_file.clone();
+    let before = app_rows(&env).await;
+    every_case_passes_with(opts).await;
+    assert_eq!(app_rows(&env).await, before, "the app's rows after the run");
+}
+
+/// Row counts of the app's tables the suite writes into.
+async fn app_rows(env: &TestEnv) -> Vec<i64> {
+    let db = env.conn();
+    let mut counts = Vec::new();
+    for table in ["\"user\"", "organization", "member", "guest"] {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT COUNT(*) AS n FROM {table}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        counts.push(row.try_get::<i64>("", "n").unwrap());
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_passes_beside_the_app_on_sqlite() {
+    beside_the_app(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_passes_beside_the_app_on_postgres() {
+    beside_the_app(Backend::Postgres(None)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,11 +95,14 @@ impl RowWriter {
                 Box::pin(self.ensure(fk, value, depth + 1)).await?;
             }
         }
+        let key_column = catalog::primary_key(&self.db, schema, table)
+            .await
+            .map_err(err)?
+            .unwrap_or_else(|| returning.to_owned());
         for column in &columns {
-            if !column.not_null
-                || column.has_default
-                || values.iter().any(|(n, _)| n == &column.name)
-            {
+            // The key too: SQLite lets a text primary key be NULL.
+            let required = column.not_null || column.name == key_column || column.name == returning;
+            if !required || column.has_default || values.iter().any(|(n, _)| n == &column.name) {
                 continue;
             }
             let fill = match keys.iter().find(|k| k.column == column.name) {
@@ -118,10 +121,6 @@ impl RowWriter {
             };
             values.push((column.name.clone(), fill));
         }
-        let key_column = catalog::primary_key(&self.db, schema, table)
-            .await
-            .map_err(err)?
-            .unwrap_or_else(|| returning.to_owned());
         let kind_of = |name: &str| columns.iter().find(|c| c.name == name).map(|c| c.kind);
 
         let mut sql = Sql::new(self.backend());

@@ -2,6 +2,7 @@
 //! (SQLite file or PostgreSQL), and a real rust_socketio client.
 #![allow(dead_code)]
 
+pub mod app_schemas;
 pub mod client;
 pub mod pg;
 pub mod process;
@@ -146,6 +147,25 @@ macro_rules! on_both_backends {
                     return;
                 };
                 ($body)(env).await;
+            }
+        }
+    };
+}
+
+/// A test per backend for a body that sets up its own database:
+/// `|backend| async { .. }`.
+#[allow(unused_macros)]
+macro_rules! on_both_backends_raw {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)(Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)(Backend::Postgres(None)).await;
             }
         }
     };
