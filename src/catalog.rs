@@ -274,16 +274,15 @@ pub async fn first_enum_label(
     db: &DatabaseConnection,
     sql_type: &str,
 ) -> Result<Option<String>, DbErr> {
-    Ok(db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT enumlabel::text AS label FROM pg_enum \
-             WHERE enumtypid = CAST($1 AS regtype) ORDER BY enumsortorder LIMIT 1",
-            [sql_type.into()],
-        ))
-        .await?
-        .map(|r| r.try_get("", "label"))
-        .transpose()?)
+    db.query_one_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT enumlabel::text AS label FROM pg_enum \
+         WHERE enumtypid = CAST($1 AS regtype) ORDER BY enumsortorder LIMIT 1",
+        [sql_type.into()],
+    ))
+    .await?
+    .map(|r| r.try_get("", "label"))
+    .transpose()
 }
 
 fn pg_kind(typname: &str, typtype: &str) -> Kind {

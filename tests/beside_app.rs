@@ -176,7 +176,10 @@ async fn beside(backend: Backend, schema: &'static AppSchema) {
             "guest id {unknown:?}"
         );
     }
-    assert_eq!(lock_state(&env, schema, schema.guest).await.0, false);
+    assert!(
+        !lock_state(&env, schema, schema.guest).await.0,
+        "not locked yet"
+    );
     assert_eq!(
         post_disconnect(&env, schema.guest, Some(&admin)).await,
         (200, json!({"success": true, "disconnected": 1}))
