@@ -50,7 +50,10 @@ async fn round(
         watchers.push(tokio::spawn(watch(ws)));
     }
     let started = Instant::now();
-    let resp = reqwest::Client::new()
+    let resp = reqwest::Client::builder()
+        .use_rustls_tls()
+        .build()
+        .unwrap()
         .post(format!(
             "http://{admin_node}/api/admin/guest/{guest_id}/disconnect"
         ))

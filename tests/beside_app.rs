@@ -45,8 +45,7 @@ async fn connect(env: &TestEnv, transport: Transport, cookie: &str) -> client::T
 }
 
 async fn post_disconnect(env: &TestEnv, guest: &str, cookie: Option<&str>) -> (u16, Value) {
-    let mut req =
-        reqwest::Client::new().post(format!("{}/api/admin/guest/{guest}/disconnect", env.url()));
+    let mut req = common::http().post(format!("{}/api/admin/guest/{guest}/disconnect", env.url()));
     if let Some(cookie) = cookie {
         req = req.header("Cookie", cookie);
     }

@@ -357,7 +357,7 @@ async fn seed_guests(env: &TestEnv, guests: &[(i64, &str)]) {
 }
 
 async fn lock_guest(base: &str, guest: i64, admin_cookie: &str) -> (u16, Value) {
-    let resp = reqwest::Client::new()
+    let resp = common::http()
         .post(format!("{base}/api/admin/guest/{guest}/disconnect"))
         .header("Cookie", format!("connect.sid={admin_cookie}"))
         .timeout(Duration::from_secs(30))
@@ -659,7 +659,7 @@ async fn vanish(addr: SocketAddr, cookie: String, how: Vanish) {
                 .await;
         }
         Vanish::PartialPollingPost => {
-            let open = reqwest::Client::new()
+            let open = common::http()
                 .get(format!("http://{addr}/socket.io/?EIO=4&transport=polling"))
                 .header("Cookie", format!("connect.sid={cookie}"))
                 .send()

@@ -77,7 +77,7 @@ async fn post_disconnect(
     body: Option<Value>,
     origin: Option<&str>,
 ) -> (u16, Value) {
-    let mut req = reqwest::Client::new().post(format!("{base}/api/admin/guest/{guest}/disconnect"));
+    let mut req = common::http().post(format!("{base}/api/admin/guest/{guest}/disconnect"));
     if let Some(cookie) = cookie {
         req = req.header("Cookie", cookie);
     }

@@ -56,7 +56,7 @@ on_both_backends!(
     |env: TestEnv| async move {
         // Long-polling: the refusal, then the close packet, then the session
         // is gone; a second CONNECT sent meanwhile is dropped unread.
-        let http = reqwest::Client::new();
+        let http = common::http();
         let sid = open_polling(&env, &http).await;
         assert_eq!(post(&env, &http, &sid, "40".into()).await, 200);
         let (_, first) = poll(&env, &http, &sid).await;
@@ -211,7 +211,7 @@ on_both_backends!(
         }
         assert!(!answered, "the oversized CONNECT was not processed");
         // Long-polling: a POST over the payload limit is refused.
-        let http = reqwest::Client::new();
+        let http = common::http();
         let sid = open_polling(&env, &http).await;
         let status = post(&env, &http, &sid, huge_auth).await;
         assert_ne!(status, 200);
@@ -320,7 +320,7 @@ on_both_backends!(
     an_engine_session_that_never_connects_is_closed,
     |c: &mut Config| c.limits.connect_timeout = Duration::from_secs(1),
     |env: TestEnv| async move {
-        let http = reqwest::Client::new();
+        let http = common::http();
         let sid = open_polling(&env, &http).await;
         let started = Instant::now();
         loop {
@@ -440,7 +440,7 @@ on_both_backends!(
         c.limits.handshakes_per_ip_per_sec = 1;
     },
     |env: TestEnv| async move {
-        let http = reqwest::Client::new();
+        let http = common::http();
         let mut statuses = Vec::new();
         let mut sid = None;
         let started = Instant::now();

@@ -26,8 +26,7 @@ fn with_origin(env: &TestEnv, cookie: &str, origin: Option<&str>) -> Options {
 }
 
 async fn polling_status(env: &TestEnv, origin: Option<&str>) -> reqwest::Response {
-    let mut req =
-        reqwest::Client::new().get(format!("{}/socket.io/?EIO=4&transport=polling", env.url()));
+    let mut req = common::http().get(format!("{}/socket.io/?EIO=4&transport=polling", env.url()));
     if let Some(o) = origin {
         req = req.header("Origin", o);
     }
@@ -190,7 +189,7 @@ on_both_backends!(
         let h = resp.headers();
         assert_eq!(h.get("access-control-allow-origin").unwrap(), ALLOWED);
         assert_eq!(h.get("access-control-allow-credentials").unwrap(), "true");
-        let resp = reqwest::Client::new()
+        let resp = common::http()
             .request(
                 reqwest::Method::OPTIONS,
                 format!("{}/socket.io/?EIO=4&transport=polling", env.url()),
@@ -215,7 +214,7 @@ on_both_backends!(
     |env: TestEnv| async move {
         // One client, requests in parallel: the flood must outrun the limiter
         // (burst 50, then 10 a second) for the bound below to mean anything.
-        let client = reqwest::Client::new();
+        let client = common::http();
         let url = format!("{}/socket.io/?EIO=4&transport=polling", env.url());
         let started = std::time::Instant::now();
         let statuses = futures_util::future::join_all((0..300).map(|_| {

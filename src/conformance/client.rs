@@ -88,6 +88,7 @@ fn payload_text(p: Payload) -> String {
 pub async fn connect(url: &str, transport: Transport, hs: &Handshake) -> SioClient {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut builder = ClientBuilder::new(url)
+        .tls_config(tls())
         .transport_type(match transport {
             Transport::Polling => TransportType::Polling,
             Transport::Websocket => TransportType::Websocket,
@@ -273,4 +274,14 @@ impl SioClient {
             let _ = tokio::time::timeout(STEP, c.disconnect()).await;
         }
     }
+}
+
+/// One TLS configuration for every client: rust_engineio builds an HTTP
+/// client per connection, and without one given each loads and parses the
+/// system's root certificates again (tens of milliseconds of CPU each, which
+/// starved the server under test of the CPU its handshakes needed).
+fn tls() -> native_tls::TlsConnector {
+    static TLS: std::sync::OnceLock<native_tls::TlsConnector> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| native_tls::TlsConnector::new().expect("a TLS configuration"))
+        .clone()
 }

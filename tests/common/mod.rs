@@ -417,6 +417,17 @@ impl TestEnv {
     }
 }
 
+/// An HTTP client for one request. rustls, not the platform TLS that
+/// rust_socketio's dependencies switch on for reqwest as a whole: a client on
+/// OpenSSL loads and parses the system's root certificates every time it is
+/// built, which under thousands of requests starved the server under test.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .build()
+        .expect("an HTTP client")
+}
+
 pub fn now_secs() -> i64 {
     Utc::now().timestamp()
 }

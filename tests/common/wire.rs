@@ -85,7 +85,7 @@ pub fn cookie_value(sid: &str, secret: &str) -> String {
 /// A metric from `/metrics`, summed over its label sets; counters are
 /// exposed with `_total`.
 pub async fn metric(base_url: &str, name: &str) -> f64 {
-    let text = reqwest::Client::new()
+    let text = super::http()
         .get(format!("{base_url}/metrics"))
         .timeout(Duration::from_secs(10))
         .send()
@@ -104,7 +104,7 @@ pub async fn metric(base_url: &str, name: &str) -> f64 {
 
 /// The status of `GET <base_url><path>`, or 0 when there is no answer.
 pub async fn status(base_url: &str, path: &str) -> u16 {
-    reqwest::Client::new()
+    super::http()
         .get(format!("{base_url}{path}"))
         .timeout(Duration::from_secs(10))
         .send()
