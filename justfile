@@ -12,6 +12,10 @@ test:
 test-pg:
     SOCKGATE_REQUIRE_PG=1 DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} cargo test --workspace
 
+# Build the Docker images the testcontainers tests start (root; pass --force or --verify).
+test-images *args:
+    bash scripts/build-test-images.sh {{args}}
+
 # Mint a session cookie for the development user.
 mint user="1":
     cargo run -- session mint --user {{user}}

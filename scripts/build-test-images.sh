@@ -137,11 +137,11 @@ apt_sources() {
   done
 }
 
-sources=$(apt_sources)
+host_sources=$(apt_sources)
 # The main archive is whatever carries a release suite; the security archive
 # is a separate tree with its own suite names (bookworm-security, ...).
-mirror=${DEBIAN_MIRROR:-$(awk '$2 !~ /-security$/ { print $1; exit }' <<<"$sources")}
-security_mirror=${DEBIAN_SECURITY_MIRROR:-$(awk '$2 ~ /-security$/ { print $1; exit }' <<<"$sources")}
+mirror=${DEBIAN_MIRROR:-$(awk '$2 !~ /-security$/ { print $1; exit }' <<<"$host_sources")}
+security_mirror=${DEBIAN_SECURITY_MIRROR:-$(awk '$2 ~ /-security$/ { print $1; exit }' <<<"$host_sources")}
 [ -n "$mirror" ] || die "found no Debian archive in /etc/apt/sources.list{,.d/*}; set DEBIAN_MIRROR"
 say "Debian archive: $mirror${security_mirror:+ (security: $security_mirror)}"
 
@@ -169,6 +169,12 @@ fi
 if [ "$1" != postgres ]; then
   exec "$@"
 fi
+# `postgres --version` and friends need no database.
+for arg; do
+  case "$arg" in
+    '-?' | --help | --describe-config | -V | --version) exec "$@" ;;
+  esac
+done
 
 : "${PGDATA:=/var/lib/postgresql/data}"
 export PGDATA
@@ -342,18 +348,17 @@ root=$1
 # postgresql-common's postinst creates a "main" cluster that the images
 # never use: their entrypoint runs initdb into $PGDATA.
 rm -rf "$root"/etc/postgresql/* "$root"/var/lib/postgresql/* "$root"/var/log/postgresql/*
-# LLVM is only there for PostgreSQL's optional JIT; without llvmjit.so the
-# server simply runs with JIT unavailable. It is the largest dependency.
-llvm=$(chroot "$root" dpkg-query -W -f '${Package}\n' 'libllvm*' 2>/dev/null || true)
+# LLVM (and libz3, there for LLVM alone) only serve PostgreSQL's optional
+# JIT and are its largest dependencies; without llvmjit.so the server simply
+# runs with JIT unavailable. dpkg warns about the broken dependency.
+llvm=$(chroot "$root" dpkg-query -W -f '${Package}\n' 'libllvm*' 'libz3-*' 2>/dev/null || true)
 if [ -n "$llvm" ]; then
-  # shellcheck disable=SC2086
-  # (dpkg's "dependency problems, but removing anyway" is expected.)
   chroot "$root" dpkg --purge --force-depends $llvm >/dev/null 2>&1
   rm -rf "$root"/usr/lib/postgresql/*/lib/llvmjit* "$root"/usr/lib/postgresql/*/lib/bitcode
 fi
 mkdir -p "$root/docker-entrypoint-initdb.d"
-# Leftovers of the build itself; the essential packages were unpacked
-# before the dpkg path-excludes applied, hence the docs here too.
+# What dpkg's path-excludes did not catch (files made by maintainer scripts,
+# the build's own logs and caches).
 find "$root/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete 2>/dev/null || true
 find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete 2>/dev/null || true
 rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/lintian/*
@@ -366,6 +371,10 @@ HOOK
 # images never install anything). No man pages, docs or translations.
 mmdebstrap_opts=(
   --variant=essential
+  # bookworm's init-system-helpers depends on "usrmerge | usr-is-merged";
+  # apt would take usrmerge and with it all of perl (~45 MB in the Redis
+  # image). This hook sets up merged /usr itself and installs usr-is-merged.
+  --hook-dir=/usr/share/mmdebstrap/hooks/maybe-merged-usr
   --aptopt='Acquire::Languages "none"'
   --dpkgopt='path-exclude=/usr/share/man/*'
   --dpkgopt='path-exclude=/usr/share/info/*'
@@ -414,18 +423,31 @@ build_image() {
   say "building $tag from $suite: $packages"
   # A tarball first, not a pipe into docker import, so a failed build can
   # never leave a half-made image tagged.
-  mmdebstrap "${mmdebstrap_opts[@]}" \
+  # Its few hundred lines of progress only matter when it fails.
+  local log="$workdir/mmdebstrap-${tag//[\/:]/_}.log"
+  if ! mmdebstrap "${mmdebstrap_opts[@]}" \
     --include="$packages" \
     --customize-hook="install -D -m 0755 '$entrypoint' \"\$1/usr/local/bin/docker-entrypoint.sh\"" \
     --customize-hook="bash '$workdir/cleanup-hook.sh' \"\$1\"" \
-    "$suite" "$tarball" "${sources[@]}"
+    "$suite" "$tarball" "${sources[@]}" >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    die "mmdebstrap failed for $tag (last 40 lines above)"
+  fi
 
   local change_args=() c
   for c in "${changes[@]}" "LABEL org.sockgate.recipe=$recipe"; do
     change_args+=(--change "$c")
   done
+  local old_id
+  old_id=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
   docker import "${change_args[@]}" --message "mmdebstrap $suite: $packages" "$tarball" "$tag" >/dev/null
   rm -f "$tarball"
+  # The image the tag pointed at is now nameless; each rebuild would leave
+  # another ~200 MB behind on machines that are reused. Still in use by a
+  # container, it stays.
+  if [ -n "$old_id" ] && [ "$old_id" != "$(docker image inspect -f '{{.Id}}' "$tag")" ]; then
+    docker rmi "$old_id" >/dev/null 2>&1 || true
+  fi
   build_secs[$tag]=$((SECONDS - started))
   say "built $tag in ${build_secs[$tag]} s"
 }

@@ -123,9 +123,23 @@ pub fn adapter_pool(config: &Config) -> Result<sqlx::PgPool, DbError> {
     let options = PgConnectOptions::from_str(&config.database_url)
         .map_err(|e| DbError::BadUrl(e.to_string()))?
         .application_name("sockgate-adapter");
+    // The adapter creates and uses its attachments table by a bare name:
+    // on these connections that name resolves in sockgate's schema, never
+    // beside the app's tables.
+    let set_path = format!(
+        "SET search_path TO {}",
+        crate::sql::ident(&config.sockgate_schema)
+    );
     Ok(PgPoolOptions::new()
         .max_connections(3)
         .acquire_timeout(config.db_acquire_timeout())
+        .after_connect(move |conn, _| {
+            let set_path = set_path.clone();
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, sqlx::raw_sql(sqlx::AssertSqlSafe(set_path))).await?;
+                Ok(())
+            })
+        })
         .connect_lazy_with(options))
 }
 

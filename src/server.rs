@@ -171,13 +171,14 @@ pub async fn check_tables(config: &Config, db: &Database) -> anyhow::Result<Tabl
             crate::sql::ident(&ns.schema)
         );
     }
+    // A foreign table in the namespace first: migrating would not help.
+    crate::tables::verify_own_tables(&db.conn, &ns).await?;
     let pending = db::pending_migrations(config, db).await?;
     if pending > 0 {
         anyhow::bail!(
             "{pending} sockgate migration(s) pending: run `sockgate migrate` against this database first"
         );
     }
-    crate::tables::verify_own_tables(&db.conn, &ns).await?;
     let mapping = config.mapping()?;
     Ok(Tables::resolve(db, &ns, &mapping).await?)
 }

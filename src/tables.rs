@@ -110,9 +110,10 @@ impl Mapping {
         let figment = figment.merge(
             Env::prefixed("SOCKGATE_")
                 .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
                     ["guests__", "members__", "audit__"]
                         .iter()
-                        .any(|section| key.as_str().starts_with(section))
+                        .any(|section| key.starts_with(section))
                 })
                 .split("__"),
         );

@@ -216,6 +216,16 @@ async fn beside(backend: Backend, schema: &'static AppSchema) {
         );
     }
 
+    // Serving (the PostgreSQL adapter's attachments table included) added
+    // nothing beside the app's tables either.
+    let conn = raw_connection(&env.db.url).await;
+    assert_eq!(
+        app_catalog(&conn).await,
+        before,
+        "serving changed the app's objects"
+    );
+    conn.close().await.unwrap();
+
     // Audit rows land in the app's audit table, beside its own entries.
     let rows = app_audit(&env, schema, "socket.authenticated", 2).await;
     assert!(
@@ -270,13 +280,14 @@ async fn beside_a_snake_case_integer_schema_on_postgres() {
 }
 
 /// Runs `sockgate check` against `db` with the mapping file `config`.
-fn check(db: &common::TestDb, config: &std::path::Path) -> (bool, String) {
+fn check(db: &common::TestDb, config: &std::path::Path, env: &[(&str, &str)]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sockgate"))
         .arg("check")
         .env("DATABASE_URL", &db.url)
         .env("SOCKGATE_CONFIG", config)
         .env("SESSION_SECRET", common::SECRET)
         .env_remove("SOCKGATE_SCHEMA")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(
@@ -329,7 +340,7 @@ async fn refuses(backend: Backend, edit: (&str, &str), migrate: bool, expected: 
     let conn = raw_connection(&db.url).await;
     let before = app_catalog(&conn).await;
 
-    let (ok, text) = check(&db, &path);
+    let (ok, text) = check(&db, &path, &[]);
     assert!(!ok, "check must fail: {text}");
     for needle in expected {
         assert!(
@@ -412,7 +423,7 @@ async fn check_prints_what_sockgate_relies_on() {
         config.config_file = Some(path.clone());
         let database = sockgate::db::connect(&config).await.unwrap();
         sockgate::db::migrate(&config, &database).await.unwrap();
-        let (ok, text) = check(&db, &path);
+        let (ok, text) = check(&db, &path, &[]);
         assert!(ok, "{text}");
         for needle in [
             "session time zone: ",
@@ -442,3 +453,84 @@ async fn check_prints_what_sockgate_relies_on() {
         }
     }
 }
+
+/// The mapping file can be overridden entry by entry from the environment:
+/// a correct file with `SOCKGATE_GUESTS__SOFT_LOCKED` naming a column that
+/// is not there is refused, naming the override's column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_overrides_the_mapping_file() {
+    let schema = &DRIZZLE;
+    let Some(db) = app_database(Backend::Postgres(None), schema).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sockgate.toml");
+    std::fs::write(&path, schema.mapping).unwrap();
+    let mut config = common::test_config(&db);
+    config.config_file = Some(path.clone());
+    let database = sockgate::db::connect(&config).await.unwrap();
+    sockgate::db::migrate(&config, &database).await.unwrap();
+    assert!(check(&db, &path, &[]).0, "the file alone is good");
+    let (ok, text) = check(&db, &path, &[("SOCKGATE_GUESTS__SOFT_LOCKED", "isLocked")]);
+    assert!(
+        !ok && text.contains("no column \"isLocked\" (mapped as soft_locked)"),
+        "{text}"
+    );
+    let (ok, text) = check(
+        &db,
+        &path,
+        &[("SOCKGATE_MEMBERS__ADMIN_ROLES", "[\"superuser\"]")],
+    );
+    assert!(ok && text.contains("admin roles: superuser"), "{text}");
+}
+
+/// A table in sockgate's namespace with another shape is never adopted:
+/// `migrate` and the server's start name the table and the difference.
+async fn foreign_table_in_the_namespace(backend: Backend) {
+    let Some(db) = app_database(backend, &SNAKE).await else {
+        return;
+    };
+    let conn = raw_connection(&db.url).await;
+    let (create, shown) = if db.is_postgres() {
+        (
+            "CREATE SCHEMA sockgate; CREATE TABLE sockgate.guest (id serial PRIMARY KEY, name text)",
+            "\"sockgate\".\"guest\"",
+        )
+    } else {
+        (
+            "CREATE TABLE sockgate_guest (id integer PRIMARY KEY, name text)",
+            "\"sockgate_guest\"",
+        )
+    };
+    exec(&conn, create).await;
+    let config = common::test_config(&db);
+    let database = sockgate::db::connect(&config).await.unwrap();
+    let error = sockgate::db::migrate(&config, &database)
+        .await
+        .expect_err("a foreign table in the namespace")
+        .to_string();
+    for needle in [
+        shown,
+        "column \"user_id\" is missing",
+        "unexpected column \"name\"",
+        "never adopts",
+    ] {
+        assert!(error.contains(needle), "{error:?} lacks {needle:?}");
+    }
+    let error = format!(
+        "{:#}",
+        sockgate::server::prepare(config)
+            .await
+            .err()
+            .expect("no start")
+    );
+    assert!(
+        error.contains(shown) && error.contains("unexpected column"),
+        "{error}"
+    );
+    conn.close().await.unwrap();
+}
+
+on_both_backends_raw!(a_foreign_table_in_the_namespace_is_refused, |backend| {
+    foreign_table_in_the_namespace(backend)
+});
