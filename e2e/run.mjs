@@ -163,10 +163,12 @@ before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
 
   let t = Date.now();
-  // --tests: the same feature set as `cargo test`, so after the test suite
-  // this is a no-op instead of a second build of every dependency.
-  log('cargo build --bin sockgate --tests');
-  const build = spawnSync('cargo', ['build', '--bin', 'sockgate', '--tests', ...(process.env.CI ? ['--locked'] : [])], {
+  // Exactly what `cargo test --workspace` builds (the binary included, for
+  // the integration tests), so after the test suite this is a no-op. A
+  // narrower `cargo build --bin sockgate --tests` resolves features for one
+  // package only and rebuilt engineioxide, socketioxide and sockgate.
+  log('cargo test --workspace --no-run');
+  const build = spawnSync('cargo', ['test', '--workspace', '--no-run', ...(process.env.CI ? ['--locked'] : [])], {
     cwd: ROOT,
     stdio: ['ignore', 'inherit', 'inherit'],
   });
