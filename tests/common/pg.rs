@@ -1,5 +1,7 @@
 //! Finding a PostgreSQL for the tests: `SOCKGATE_TEST_PG_URL` or
-//! `DATABASE_URL` if set, else a throwaway cluster started from the local
+//! `DATABASE_URL` if set; else a container (testcontainers) where a Docker
+//! daemon answers, one per test binary, image `SOCKGATE_TEST_PG_IMAGE`
+//! (default `postgres:17`); else a throwaway cluster started from the local
 //! `initdb`/`postgres` binaries. With none, tests skip loudly, unless
 //! `SOCKGATE_REQUIRE_PG=1` (CI), where they fail.
 
@@ -20,16 +22,24 @@ pub fn admin_url() -> Option<String> {
             .ok()
             .or_else(|| std::env::var("DATABASE_URL").ok())
             .filter(|u| u.starts_with("postgres"));
-        let found = from_env.or_else(|| match Cluster::start() {
-            Ok(cluster) => Some(cluster.url()),
-            Err(why) => {
-                loud(&format!("no PostgreSQL for the tests: {why}"));
-                None
-            }
-        });
+        let found = from_env
+            .or_else(|| match container::postgres() {
+                Ok(url) => Some(url),
+                Err(why) => {
+                    eprintln!("no PostgreSQL container ({why}); trying a local initdb cluster");
+                    None
+                }
+            })
+            .or_else(|| match Cluster::start() {
+                Ok(cluster) => Some(cluster.url()),
+                Err(why) => {
+                    loud(&format!("no PostgreSQL for the tests: {why}"));
+                    None
+                }
+            });
         if found.is_none() && require_pg() {
             panic!(
-                "SOCKGATE_REQUIRE_PG=1 but no PostgreSQL was found (set DATABASE_URL or install initdb/postgres)"
+                "SOCKGATE_REQUIRE_PG=1 but no PostgreSQL was found (set DATABASE_URL, start a Docker daemon, or install initdb/postgres)"
             );
         }
         found
@@ -323,5 +333,115 @@ impl Drop for OwnCluster {
             let _ = self.stop();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Containers that live as long as the test binary: started once, on a
+/// runtime of their own (each test has its own runtime, and the container
+/// must outlive all of them), and removed when the process exits.
+pub mod container {
+    use std::sync::Mutex;
+
+    use testcontainers_modules::postgres::Postgres;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    use testcontainers_modules::testcontainers::{ContainerAsync, Image, ImageExt};
+
+    static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// `name:tag` from `var`, else `default`.
+    fn image(var: &str, default: &str) -> (String, String) {
+        let spec = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+        match spec.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => (name.to_owned(), tag.to_owned()),
+            _ => (spec, "latest".to_owned()),
+        }
+    }
+
+    fn docker_answers() -> bool {
+        std::process::Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    extern "C" fn remove_started() {
+        let ids = std::mem::take(&mut *STARTED.lock().unwrap_or_else(|e| e.into_inner()));
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", "-v"])
+                .args(&ids)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+
+    /// Keeps the container past its handle (removed at exit instead).
+    fn keep<I: Image>(container: ContainerAsync<I>) {
+        let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
+        if started.is_empty() {
+            unsafe { libc::atexit(remove_started) };
+        }
+        started.push(container.id().to_owned());
+        std::mem::forget(container);
+    }
+
+    fn on_own_runtime<T: Send + 'static>(
+        work: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+    ) -> Result<T, String> {
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(work)
+        })
+        .join()
+        .map_err(|_| "the container thread panicked".to_owned())?
+    }
+
+    /// A PostgreSQL server in a container, as an admin URL.
+    pub fn postgres() -> Result<String, String> {
+        if !docker_answers() {
+            return Err("no Docker daemon answers".into());
+        }
+        let (name, tag) = image("SOCKGATE_TEST_PG_IMAGE", "postgres:17");
+        on_own_runtime(async move {
+            let started = std::time::Instant::now();
+            let node = Postgres::default()
+                .with_host_auth()
+                .with_name(name.clone())
+                .with_tag(tag.clone())
+                .start()
+                .await
+                .map_err(|e| format!("starting {name}:{tag}: {e}"))?;
+            let host = node.get_host().await.map_err(|e| e.to_string())?;
+            let port = node
+                .get_host_port_ipv4(5432)
+                .await
+                .map_err(|e| e.to_string())?;
+            let url = format!("postgres://postgres@{host}:{port}/postgres");
+            let version = server_version(&url).await?;
+            eprintln!(
+                "PostgreSQL for the tests: container {name}:{tag} ({version}) at {host}:{port}, ready in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            keep(node);
+            Ok(url)
+        })
+    }
+
+    async fn server_version(url: &str) -> Result<String, String> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .map_err(|e| format!("connecting to {url}: {e}"))?;
+        let (version,): (String,) = sqlx::query_as("SHOW server_version")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(format!("PostgreSQL {version}"))
     }
 }
