@@ -12,6 +12,12 @@ test:
 test-pg:
     SOCKGATE_REQUIRE_PG=1 DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} cargo test --workspace
 
+# The test suite on both PostgreSQL major versions and Redis, in containers built
+# from Debian's packages, every server required (as CI runs it; root).
+test-containers:
+    bash scripts/build-test-images.sh
+    env -u DATABASE_URL SOCKGATE_TEST_PG_IMAGE=sockgate-test/postgres:17 SOCKGATE_TEST_PG_SECOND_IMAGE=sockgate-test/postgres:15 SOCKGATE_TEST_REDIS_IMAGE=sockgate-test/redis:7 SOCKGATE_REQUIRE_PG=1 SOCKGATE_REQUIRE_PG_SECOND=1 SOCKGATE_REQUIRE_REDIS=1 cargo test --workspace
+
 # Build the Docker images the testcontainers tests start (root; pass --force or --verify).
 test-images *args:
     bash scripts/build-test-images.sh {{args}}

@@ -266,7 +266,12 @@ async fn beside_a_drizzle_schema_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beside_a_drizzle_schema_on_postgres() {
-    beside(Backend::Postgres(None), &DRIZZLE).await;
+    beside(Backend::PG, &DRIZZLE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beside_a_drizzle_schema_on_postgres_second() {
+    beside(Backend::PG_SECOND, &DRIZZLE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +281,12 @@ async fn beside_a_snake_case_integer_schema_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beside_a_snake_case_integer_schema_on_postgres() {
-    beside(Backend::Postgres(None), &SNAKE).await;
+    beside(Backend::PG, &SNAKE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beside_a_snake_case_integer_schema_on_postgres_second() {
+    beside(Backend::PG_SECOND, &SNAKE).await;
 }
 
 /// Runs `sockgate check` against `db` with the mapping file `config`.
@@ -371,14 +381,14 @@ async fn refuses(backend: Backend, edit: (&str, &str), migrate: bool, expected: 
     conn.close().await.unwrap();
 }
 
-on_both_backends_raw!(a_missing_mapped_column_is_named, |backend| refuses(
+on_every_backend_raw!(a_missing_mapped_column_is_named, |backend| refuses(
     backend,
     ("soft_locked = \"softLocked\"", "soft_locked = \"softLock\""),
     true,
     &["\"guest\"", "no column \"softLock\"", "soft_locked"],
 ));
 
-on_both_backends_raw!(a_column_of_the_wrong_type_is_named, |backend| refuses(
+on_every_backend_raw!(a_column_of_the_wrong_type_is_named, |backend| refuses(
     backend,
     ("role = \"role\"", "role = \"createdAt\""),
     true,
@@ -389,7 +399,7 @@ on_both_backends_raw!(a_column_of_the_wrong_type_is_named, |backend| refuses(
     ],
 ));
 
-on_both_backends_raw!(a_missing_table_is_named, |backend| refuses(
+on_every_backend_raw!(a_missing_table_is_named, |backend| refuses(
     backend,
     ("table = \"auditLog\"", "table = \"audit_trail\""),
     true,
@@ -401,7 +411,7 @@ on_both_backends_raw!(a_missing_table_is_named, |backend| refuses(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_sockgate_schema_is_named() {
     refuses(
-        Backend::Postgres(None),
+        Backend::PG,
         ("", ""),
         false,
         &["schema \"sockgate\"", "sockgate migrate"],
@@ -413,7 +423,7 @@ async fn a_missing_sockgate_schema_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_prints_what_sockgate_relies_on() {
     for schema in [&DRIZZLE, &SNAKE] {
-        let Some(db) = app_database(Backend::Postgres(None), schema).await else {
+        let Some(db) = app_database(Backend::PG, schema).await else {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
@@ -460,7 +470,7 @@ async fn check_prints_what_sockgate_relies_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_overrides_the_mapping_file() {
     let schema = &DRIZZLE;
-    let Some(db) = app_database(Backend::Postgres(None), schema).await else {
+    let Some(db) = app_database(Backend::PG, schema).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -531,6 +541,6 @@ async fn foreign_table_in_the_namespace(backend: Backend) {
     conn.close().await.unwrap();
 }
 
-on_both_backends_raw!(a_foreign_table_in_the_namespace_is_refused, |backend| {
+on_every_backend_raw!(a_foreign_table_in_the_namespace_is_refused, |backend| {
     foreign_table_in_the_namespace(backend)
 });

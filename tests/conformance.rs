@@ -187,7 +187,7 @@ async fn every_case_passes_beside_the_app_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_case_passes_beside_the_app_on_postgres() {
-    beside_the_app(Backend::Postgres(None)).await;
+    beside_the_app(Backend::PG).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +200,7 @@ async fn every_case_passes_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_case_passes_on_postgres() {
-    let Some(env) = TestEnv::start_with(Backend::Postgres(None), deployment).await else {
+    let Some(env) = TestEnv::start_with(Backend::PG, deployment).await else {
         return;
     };
     every_case_passes(env).await;

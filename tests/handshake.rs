@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::client::{self, Options, Transport};
-use common::{Backend, TestEnv, now_secs};
+use common::{Backend, PgServer, TestEnv, now_secs};
 use serde_json::json;
 
 fn cookie(env: &TestEnv, value: &str) -> Options {
@@ -17,7 +17,7 @@ fn cookie(env: &TestEnv, value: &str) -> Options {
     }
 }
 
-on_both_backends!(
+on_every_backend!(
     valid_cookie_connects_and_knows_the_user,
     |env: TestEnv| async move {
         for transport in Transport::ALL {
@@ -60,7 +60,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(auth_payload_is_the_fallback, |env: TestEnv| async move {
+on_every_backend!(auth_payload_is_the_fallback, |env: TestEnv| async move {
     for transport in Transport::ALL {
         let minted = env.mint("7").await;
         for value in [minted.signed.clone(), minted.cookie_value.clone()] {
@@ -80,7 +80,7 @@ on_both_backends!(auth_payload_is_the_fallback, |env: TestEnv| async move {
     }
 });
 
-on_both_backends!(rotated_secret_still_verifies, |env: TestEnv| async move {
+on_every_backend!(rotated_secret_still_verifies, |env: TestEnv| async move {
     let minted = env.mint("5").await;
     let old = format!(
         "s:{}",
@@ -99,7 +99,7 @@ on_both_backends!(rotated_secret_still_verifies, |env: TestEnv| async move {
     c.disconnect().await;
 });
 
-on_both_backends!(
+on_every_backend!(
     missing_session_id_is_authentication_required,
     |env: TestEnv| async move {
         for transport in Transport::ALL {
@@ -129,7 +129,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+on_every_backend!(
     bad_signatures_are_invalid_session,
     |env: TestEnv| async move {
         let minted = env.mint("42").await;
@@ -192,7 +192,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+on_every_backend!(
     unknown_and_expired_sessions_are_session_expired,
     |env: TestEnv| async move {
         let expired = "expired-session-id";
@@ -230,7 +230,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+on_every_backend!(
     sessions_without_a_user_are_authentication_required,
     |env: TestEnv| async move {
         let cases = [
@@ -279,7 +279,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+on_every_backend!(
     expiry_boundary_one_second_either_side,
     |env: TestEnv| async move {
         let now = now_secs();
@@ -305,10 +305,14 @@ on_both_backends!(
     }
 );
 
-/// The Node app writes `expire` in the database's default zone; sockgate
-/// must read it in that zone, whatever sqlx sets on its connections.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expiry_is_judged_in_the_database_default_time_zone() {
+// The Node app writes `expire` in the database's default zone; sockgate
+// must read it in that zone, whatever sqlx sets on its connections.
+on_both_majors!(
+    expiry_is_judged_in_the_database_default_time_zone,
+    expiry_in_the_default_zone
+);
+
+async fn expiry_in_the_default_zone(server: PgServer) {
     use sea_orm::ConnectionTrait;
     for zone in [
         "America/Los_Angeles",
@@ -322,8 +326,10 @@ async fn expiry_is_judged_in_the_database_default_time_zone() {
         // transaction mode, DISCARD ALL) leaves a connection in, expiry
         // must not move. sqlx opens it with TimeZone=UTC; then far east and
         // far west of the database default.
-        let Some(env) =
-            TestEnv::start_with(Backend::Postgres(Some(zone)), |c| c.db_max_connections = 2).await
+        let Some(env) = TestEnv::start_with(Backend::Postgres(server, Some(zone)), |c| {
+            c.db_max_connections = 2
+        })
+        .await
         else {
             return;
         };
@@ -388,7 +394,7 @@ async fn expiry_is_judged_in_the_database_default_time_zone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_unreachable_fails_closed_and_recovers() {
-    let Some(env) = TestEnv::start(Backend::Postgres(None)).await else {
+    let Some(env) = TestEnv::start(Backend::PG).await else {
         return;
     };
     let minted = env.mint("42").await;
@@ -478,7 +484,7 @@ async fn sqlite_store_unreachable_fails_closed() {
 
 // socketioxide spawns the connect handler after the CONNECT packet is sent;
 // a client that emits the moment it is connected must still be heard.
-on_both_backends!(
+on_every_backend!(
     an_event_sent_the_moment_the_client_is_connected_is_answered,
     |env: TestEnv| async move {
         let minted = env.mint("43").await;

@@ -34,7 +34,7 @@ async fn expect_expired_then_closed(c: &mut TestClient, reason: &str) {
     assert!(payload["message"].as_str().is_some_and(|m| !m.is_empty()));
 }
 
-on_both_backends!(
+on_every_backend!(
     deleted_session_ends_the_socket_with_session_expired_first,
     fast_checks,
     |env: TestEnv| async move {
@@ -67,7 +67,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+on_every_backend!(
     expired_session_is_not_extended_and_is_disconnected,
     fast_checks,
     |env: TestEnv| async move {
@@ -87,7 +87,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+on_every_backend!(
     logout_that_keeps_the_row_ends_the_socket,
     fast_checks,
     |env: TestEnv| async move {
@@ -109,7 +109,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+on_every_backend!(
     expiring_session_is_extended_and_stays_connected,
     |config: &mut sockgate::config::Config| {
         config.session_check_interval = Duration::from_millis(300);
@@ -166,7 +166,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+on_every_backend!(
     a_session_without_a_cookie_expiry_keeps_none,
     |config: &mut sockgate::config::Config| {
         config.session_check_interval = Duration::from_millis(300);
@@ -206,7 +206,7 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(
+on_every_backend!(
     client_disconnect_is_logged_and_audited,
     fast_checks,
     |env: TestEnv| async move {
@@ -233,7 +233,7 @@ on_both_backends!(
 );
 
 // The re-check is batched: one query for many sessions.
-on_both_backends!(
+on_every_backend!(
     one_query_per_tick_for_many_sessions,
     |config: &mut sockgate::config::Config| {
         config.session_check_interval = Duration::from_secs(3600);
@@ -308,7 +308,7 @@ async fn expire_of(env: &TestEnv, sid: &str) -> i64 {
 // PostgreSQL JSON operator) and one whose `expire` is `infinity` sit beside
 // ordinary ones: each is judged on its own, and the batch re-check and
 // refresh of everyone else go on.
-on_both_backends!(
+on_every_backend!(
     one_bad_row_cannot_stall_the_node,
     |c: &mut sockgate::config::Config| {
         c.session_check_interval = Duration::from_millis(300);

@@ -2,12 +2,13 @@
 //! socket (session_expired first) in under a second, with the interval check
 //! effectively off; and the listener survives losing its connection.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::client::{self, Options, Seen, TestClient, Transport};
-use common::{Backend, TestEnv, now_secs};
+use common::{Backend, PgServer, TestEnv, now_secs};
 use serde_json::json;
 
 async fn node_app_deletes(env: &TestEnv, sid: &str) {
@@ -47,8 +48,8 @@ async fn ended_within(c: &mut TestClient, limit: Duration) -> Duration {
     elapsed
 }
 
-async fn env_with_trigger() -> Option<TestEnv> {
-    let env = TestEnv::start_with(Backend::Postgres(None), |c| {
+async fn env_with_trigger(server: PgServer) -> Option<TestEnv> {
+    let env = TestEnv::start_with(Backend::Postgres(server, None), |c| {
         c.session_check_interval = Duration::from_secs(3600);
     })
     .await?;
@@ -60,9 +61,13 @@ async fn env_with_trigger() -> Option<TestEnv> {
     Some(env)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logout_through_a_row_delete_ends_the_socket_in_under_a_second() {
-    let Some(env) = env_with_trigger().await else {
+on_both_majors!(
+    logout_through_a_row_delete_ends_the_socket_in_under_a_second,
+    logout_through_a_row_delete_ends_the_socket_in_under_a_second_on
+);
+
+async fn logout_through_a_row_delete_ends_the_socket_in_under_a_second_on(server: PgServer) {
+    let Some(env) = env_with_trigger(server).await else {
         return;
     };
     for transport in Transport::ALL {
@@ -92,9 +97,13 @@ async fn logout_through_a_row_delete_ends_the_socket_in_under_a_second() {
     assert_eq!(other.whoami().await["userId"], "22");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listener_reconnects_after_losing_its_connection() {
-    let Some(env) = env_with_trigger().await else {
+on_both_majors!(
+    listener_reconnects_after_losing_its_connection,
+    listener_reconnects_after_losing_its_connection_on
+);
+
+async fn listener_reconnects_after_losing_its_connection_on(server: PgServer) {
+    let Some(env) = env_with_trigger(server).await else {
         return;
     };
     env.write_session(
@@ -105,7 +114,7 @@ async fn listener_reconnects_after_losing_its_connection() {
     .await;
     let mut c = connected(&env, Transport::Websocket, "after-restart").await;
     // Kill the listener's backend, as a database restart would.
-    let admin = common::pg::admin_url().unwrap();
+    let admin = common::pg::admin_url_of(server).unwrap();
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
         .await
         .unwrap();
@@ -132,9 +141,13 @@ async fn listener_reconnects_after_losing_its_connection() {
     ended_within(&mut c, Duration::from_secs(1)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trigger_is_opt_in_and_removable() {
-    let Some(env) = TestEnv::start(Backend::Postgres(None)).await else {
+on_both_majors!(
+    trigger_is_opt_in_and_removable,
+    trigger_is_opt_in_and_removable_on
+);
+
+async fn trigger_is_opt_in_and_removable_on(server: PgServer) {
+    let Some(env) = TestEnv::start(Backend::Postgres(server, None)).await else {
         return;
     };
     let count = async || -> i64 {

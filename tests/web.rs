@@ -103,7 +103,7 @@ async fn sqlite_serves_the_client_and_a_dev_login_whose_cookie_connects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_has_no_dev_login_and_serves_no_files_by_default() {
-    let Some(env) = TestEnv::start(Backend::Postgres(None)).await else {
+    let Some(env) = TestEnv::start(Backend::PG).await else {
         return;
     };
     let url = env.url();
@@ -122,9 +122,7 @@ async fn postgres_has_no_dev_login_and_serves_no_files_by_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_serves_web_dir_when_set_but_still_no_dev_login() {
     let web = concat!(env!("CARGO_MANIFEST_DIR"), "/web");
-    let Some(env) =
-        TestEnv::start_with(Backend::Postgres(None), |c| c.web_dir = Some(web.into())).await
-    else {
+    let Some(env) = TestEnv::start_with(Backend::PG, |c| c.web_dir = Some(web.into())).await else {
         return;
     };
     let url = env.url();

@@ -1,8 +1,10 @@
 //! The time-zone probe speaks TLS exactly when the URL asks the pool to:
 //! it never sends credentials in plain text where sqlx would not.
 
+#[macro_use]
 mod common;
 
+use common::PgServer;
 use sockgate::zone_probe::{ProbeError, default_zone};
 
 fn with_sslmode(url: &str, mode: &str) -> String {
@@ -19,11 +21,17 @@ fn with_sslmode(url: &str, mode: &str) -> String {
     url.to_string()
 }
 
-#[tokio::test]
-async fn the_probe_uses_the_urls_tls_mode() {
-    let Some(admin) = common::pg::admin_url() else {
+on_both_majors!(the_probe_uses_the_urls_tls_mode, probe_follows_tls_mode);
+
+async fn probe_follows_tls_mode(server: PgServer) {
+    let Some(admin) = common::pg::admin_url_of(server) else {
         return;
     };
+    if common::pg::started_by_tests(&admin) {
+        // A throwaway server (a container, whose image has ssl=off as the
+        // official one does) is given a certificate, so the TLS cases run.
+        common::pg::enable_tls(&admin).await;
+    }
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
         .await
         .unwrap();
@@ -64,4 +72,31 @@ async fn the_probe_uses_the_urls_tls_mode() {
             "require never falls back to plain text: {require:?}"
         );
     }
+}
+
+/// Two major versions really are two: a run that points both at one server
+/// (or at one version twice) would prove nothing about the other.
+#[tokio::test]
+async fn the_two_servers_are_different_major_versions() {
+    let (Some(primary), Some(second)) = (
+        common::pg::admin_url_of(PgServer::Primary),
+        common::pg::admin_url_of(PgServer::Second),
+    ) else {
+        return;
+    };
+    let major = async |url: &str| -> i64 {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .unwrap();
+        let (n,): (String,) = sqlx::query_as("SHOW server_version_num")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        n.parse::<i64>().unwrap() / 10_000
+    };
+    let (a, b) = (major(&primary).await, major(&second).await);
+    assert_ne!(
+        a, b,
+        "the primary and the second PostgreSQL are both version {a}"
+    );
 }

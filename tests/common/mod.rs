@@ -4,8 +4,10 @@
 
 pub mod app_schemas;
 pub mod client;
+pub mod containers;
 pub mod pg;
 pub mod process;
+pub mod redis;
 pub mod unlimited_env;
 pub mod wire;
 
@@ -20,11 +22,21 @@ use sqlx::Connection;
 pub const SECRET: &str = "test-secret-new";
 pub const OLD_SECRET: &str = "test-secret-old";
 
+pub use pg::PgServer;
+
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
     Sqlite,
-    /// A fresh database whose default TimeZone is the given zone.
-    Postgres(Option<&'static str>),
+    /// A fresh database on that server whose default TimeZone is the given
+    /// zone (the server's own when `None`).
+    Postgres(PgServer, Option<&'static str>),
+}
+
+impl Backend {
+    /// The primary PostgreSQL, its default zone.
+    pub const PG: Backend = Backend::Postgres(PgServer::Primary, None);
+    /// The second PostgreSQL major version, its default zone.
+    pub const PG_SECOND: Backend = Backend::Postgres(PgServer::Second, None);
 }
 
 /// A database made for one test, dropped with it.
@@ -51,8 +63,8 @@ impl TestDb {
                     pg: None,
                 })
             }
-            Backend::Postgres(zone) => {
-                let admin = pg::admin_url()?;
+            Backend::Postgres(server, zone) => {
+                let admin = pg::admin_url_of(server)?;
                 let name = format!(
                     "sgt_{}",
                     sockgate::server::new_sid()
@@ -91,14 +103,14 @@ impl TestDb {
     pub fn existing_postgres(url: String) -> TestDb {
         TestDb {
             url,
-            backend: Backend::Postgres(None),
+            backend: Backend::PG,
             _dir: None,
             pg: None,
         }
     }
 
     pub fn is_postgres(&self) -> bool {
-        matches!(self.backend, Backend::Postgres(_))
+        matches!(self.backend, Backend::Postgres(..))
     }
 }
 
@@ -126,8 +138,9 @@ impl Drop for TestDb {
     }
 }
 
-/// A test module `$name` with the same test on SQLite and on PostgreSQL
-/// (skipped loudly, or failing under SOCKGATE_REQUIRE_PG, without one).
+/// A test module `$name` with the same test on SQLite and on the primary
+/// PostgreSQL (skipped loudly, or failing under SOCKGATE_REQUIRE_PG, without
+/// one).
 #[allow(unused_macros)]
 macro_rules! on_both_backends {
     ($name:ident, $body:expr) => {
@@ -143,7 +156,7 @@ macro_rules! on_both_backends {
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                let Some(env) = TestEnv::start_with(Backend::Postgres(None), $tweak).await else {
+                let Some(env) = TestEnv::start_with(Backend::PG, $tweak).await else {
                     return;
                 };
                 ($body)(env).await;
@@ -152,8 +165,42 @@ macro_rules! on_both_backends {
     };
 }
 
-/// A test per backend for a body that sets up its own database:
-/// `|backend| async { .. }`.
+/// As `on_both_backends!`, and once more on the second PostgreSQL major
+/// version (`postgres_second`), for behaviour a version difference could
+/// change.
+#[allow(unused_macros)]
+macro_rules! on_every_backend {
+    ($name:ident, $body:expr) => {
+        on_every_backend!($name, |_: &mut sockgate::config::Config| {}, $body);
+    };
+    ($name:ident, $tweak:expr, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let env = TestEnv::start_with(Backend::Sqlite, $tweak).await.unwrap();
+                ($body)(env).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(env) = TestEnv::start_with(Backend::PG, $tweak).await else {
+                    return;
+                };
+                ($body)(env).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_second() {
+                let Some(env) = TestEnv::start_with(Backend::PG_SECOND, $tweak).await else {
+                    return;
+                };
+                ($body)(env).await;
+            }
+        }
+    };
+}
+
+/// A test per backend (SQLite, the primary PostgreSQL) for a body that sets
+/// up its own database: `|backend| async { .. }`.
 #[allow(unused_macros)]
 macro_rules! on_both_backends_raw {
     ($name:ident, $body:expr) => {
@@ -165,7 +212,48 @@ macro_rules! on_both_backends_raw {
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                ($body)(Backend::Postgres(None)).await;
+                ($body)(Backend::PG).await;
+            }
+        }
+    };
+}
+
+/// As `on_both_backends_raw!`, and on the second PostgreSQL major version.
+#[allow(unused_macros)]
+macro_rules! on_every_backend_raw {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)(Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)(Backend::PG).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_second() {
+                ($body)(Backend::PG_SECOND).await;
+            }
+        }
+    };
+}
+
+/// A test module `$name` run on both PostgreSQL major versions, for a body
+/// that needs PostgreSQL itself: `|server: PgServer| async { .. }`.
+#[allow(unused_macros)]
+macro_rules! on_both_majors {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)(common::PgServer::Primary).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_second() {
+                ($body)(common::PgServer::Second).await;
             }
         }
     };

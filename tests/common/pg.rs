@@ -1,9 +1,19 @@
-//! Finding a PostgreSQL for the tests: `SOCKGATE_TEST_PG_URL` or
-//! `DATABASE_URL` if set; else a container (testcontainers) where a Docker
-//! daemon answers, one per test binary, image `SOCKGATE_TEST_PG_IMAGE`
-//! (default `postgres:17`); else a throwaway cluster started from the local
-//! `initdb`/`postgres` binaries. With none, tests skip loudly, unless
-//! `SOCKGATE_REQUIRE_PG=1` (CI), where they fail.
+//! Finding the PostgreSQL servers for the tests. Two, of different major
+//! versions, since the Node apps sockgate serves run on many:
+//!
+//! - the primary: `SOCKGATE_TEST_PG_URL` or `DATABASE_URL` if set; else a
+//!   container where a Docker daemon answers (image `SOCKGATE_TEST_PG_IMAGE`,
+//!   default `postgres:17`); else a throwaway cluster started from the local
+//!   `initdb`/`postgres` binaries. Every PostgreSQL suite runs on it.
+//! - the second: `SOCKGATE_TEST_PG_SECOND_URL` if set; else a container
+//!   (image `SOCKGATE_TEST_PG_SECOND_IMAGE`, default `postgres:15`). The
+//!   suites where a version difference could matter (session store, expiry
+//!   and time zones, catalog queries, guests, live sessions, revocation) run
+//!   on it too.
+//!
+//! One server of each per test binary. Without one, its tests skip loudly,
+//! unless `SOCKGATE_REQUIRE_PG=1` (primary) or `SOCKGATE_REQUIRE_PG_SECOND=1`
+//! (second) is set, as CI sets both: then they fail.
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -14,37 +24,248 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
-/// The admin URL of a PostgreSQL the tests may create databases in.
+use super::containers;
+
+/// Which of the tests' PostgreSQL servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PgServer {
+    Primary,
+    Second,
+}
+
+/// The admin URL of the primary PostgreSQL.
 pub fn admin_url() -> Option<String> {
-    static URL: OnceLock<Option<String>> = OnceLock::new();
-    URL.get_or_init(|| {
-        let from_env = std::env::var("SOCKGATE_TEST_PG_URL")
-            .ok()
-            .or_else(|| std::env::var("DATABASE_URL").ok())
-            .filter(|u| u.starts_with("postgres"));
-        let found = from_env
-            .or_else(|| match container::postgres() {
-                Ok(url) => Some(url),
-                Err(why) => {
-                    eprintln!("no PostgreSQL container ({why}); trying a local initdb cluster");
-                    None
-                }
-            })
-            .or_else(|| match Cluster::start() {
-                Ok(cluster) => Some(cluster.url()),
-                Err(why) => {
-                    loud(&format!("no PostgreSQL for the tests: {why}"));
-                    None
-                }
-            });
-        if found.is_none() && require_pg() {
-            panic!(
-                "SOCKGATE_REQUIRE_PG=1 but no PostgreSQL was found (set DATABASE_URL, start a Docker daemon, or install initdb/postgres)"
-            );
+    admin_url_of(PgServer::Primary)
+}
+
+/// The admin URL of a PostgreSQL the tests may create databases in.
+pub fn admin_url_of(server: PgServer) -> Option<String> {
+    static PRIMARY: OnceLock<Option<String>> = OnceLock::new();
+    static SECOND: OnceLock<Option<String>> = OnceLock::new();
+    match server {
+        PgServer::Primary => PRIMARY.get_or_init(find_primary).clone(),
+        PgServer::Second => SECOND.get_or_init(find_second).clone(),
+    }
+}
+
+/// URLs of the servers the tests started themselves (containers, local
+/// clusters): only those may be reconfigured.
+static STARTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn started(url: String) -> String {
+    STARTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(url.clone());
+    url
+}
+
+pub fn started_by_tests(url: &str) -> bool {
+    STARTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|u| u == url)
+}
+
+/// Turns TLS on in a server the tests started, with a self-signed
+/// certificate written into its data directory through the server itself
+/// (`lo_export` as superuser), so it works inside a container too.
+pub async fn enable_tls(admin: &str) {
+    let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+    let (ssl,): (String,) = sqlx::query_as("SHOW ssl")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    if ssl == "on" {
+        return;
+    }
+    let (cert, key) = self_signed();
+    for (pem, file) in [(cert, "sockgate-test.crt"), (key, "sockgate-test.key")] {
+        let (oid,): (i64,) = sqlx::query_as("SELECT lo_from_bytea(0, $1)::int8")
+            .bind(pem.into_bytes())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        for sql in [
+            "SELECT lo_export($1::int8::oid, current_setting('data_directory') || '/' || $2)",
+            "SELECT lo_unlink($1::int8::oid), $2",
+        ] {
+            sqlx::query(sql)
+                .bind(oid)
+                .bind(file)
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("writing {file}: {e}"));
         }
-        found
+    }
+    // lo_export leaves the file readable by all, which the server refuses
+    // for a key; a superuser's COPY TO PROGRAM runs in the data directory.
+    sqlx::raw_sql("COPY (SELECT 1) TO PROGRAM 'chmod 0600 sockgate-test.key'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for sql in [
+        "ALTER SYSTEM SET ssl_cert_file = 'sockgate-test.crt'",
+        "ALTER SYSTEM SET ssl_key_file = 'sockgate-test.key'",
+        "ALTER SYSTEM SET ssl = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut fresh = sqlx::PgConnection::connect(admin).await.unwrap();
+        let (ssl,): (String,) = sqlx::query_as("SHOW ssl")
+            .fetch_one(&mut fresh)
+            .await
+            .unwrap();
+        if ssl == "on" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ssl did not turn on after a reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn self_signed() -> (String, String) {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::{X509, X509NameBuilder};
+
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "sockgate-test").unwrap();
+    let name = name.build();
+    let mut cert = X509::builder().unwrap();
+    cert.set_version(2).unwrap();
+    cert.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap())
+        .unwrap();
+    cert.set_subject_name(&name).unwrap();
+    cert.set_issuer_name(&name).unwrap();
+    cert.set_pubkey(&key).unwrap();
+    cert.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    cert.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
+    cert.sign(&key, MessageDigest::sha256()).unwrap();
+    let cert = String::from_utf8(cert.build().to_pem().unwrap()).unwrap();
+    let key = String::from_utf8(key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    (cert, key)
+}
+
+fn find_primary() -> Option<String> {
+    let from_env = std::env::var("SOCKGATE_TEST_PG_URL")
+        .ok()
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .filter(|u| u.starts_with("postgres"));
+    let found = match from_env {
+        Some(url) => {
+            announce_url("primary", &url);
+            Some(url)
+        }
+        None => match containers::postgres("primary", "SOCKGATE_TEST_PG_IMAGE", "postgres:17") {
+            Ok(url) => Some(started(url)),
+            Err(why) => {
+                containers::announce(&format!(
+                    "no PostgreSQL container ({why}); trying a local initdb cluster"
+                ));
+                match Cluster::start() {
+                    Ok(cluster) => {
+                        announce_url("primary, local initdb cluster", &cluster.url());
+                        Some(started(cluster.url()))
+                    }
+                    Err(why) => {
+                        loud(&format!("no PostgreSQL for the tests: {why}"));
+                        None
+                    }
+                }
+            }
+        },
+    };
+    if found.is_none() && require_pg() {
+        panic!(
+            "SOCKGATE_REQUIRE_PG=1 but no PostgreSQL was found (set DATABASE_URL, start a Docker daemon, or install initdb/postgres)"
+        );
+    }
+    found
+}
+
+fn find_second() -> Option<String> {
+    let found = match std::env::var("SOCKGATE_TEST_PG_SECOND_URL") {
+        Ok(url) => {
+            announce_url("second", &url);
+            Some(url)
+        }
+        Err(_) => {
+            match containers::postgres("second", "SOCKGATE_TEST_PG_SECOND_IMAGE", "postgres:15") {
+                Ok(url) => Some(started(url)),
+                Err(why) => {
+                    loud(&format!(
+                        "no second PostgreSQL major version for the tests ({why}; set SOCKGATE_TEST_PG_SECOND_URL or start a Docker daemon)"
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    if found.is_none() && require_pg_second() {
+        panic!(
+            "SOCKGATE_REQUIRE_PG_SECOND=1 but no second PostgreSQL was found (set SOCKGATE_TEST_PG_SECOND_URL or start a Docker daemon)"
+        );
+    }
+    found
+}
+
+/// Says which server a URL from the environment is, version included.
+fn announce_url(role: &str, url: &str) {
+    let shown = url::Url::parse(url)
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or("?"),
+                u.port().unwrap_or(5432)
+            )
+        })
+        .unwrap_or_else(|_| "?".into());
+    let url = url.to_owned();
+    let version = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(server_version(&url))
     })
-    .clone()
+    .join()
+    .unwrap_or_else(|_| Err("panicked".into()))
+    .unwrap_or_else(|e| format!("version unknown: {e}"));
+    containers::announce(&format!(
+        "PostgreSQL for the tests ({role}): {shown} ({version})"
+    ));
+}
+
+/// `PostgreSQL 17.2 ...` as the server reports itself.
+pub async fn server_version(url: &str) -> Result<String, String> {
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .map_err(|e| format!("connecting to {url}: {e}"))?;
+    let (version,): (String,) = sqlx::query_as("SHOW server_version")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(format!("PostgreSQL {version}"))
+}
+
+pub fn require_pg_second() -> bool {
+    std::env::var("SOCKGATE_REQUIRE_PG_SECOND").is_ok_and(|v| v == "1")
 }
 
 pub fn require_pg() -> bool {
@@ -333,115 +554,5 @@ impl Drop for OwnCluster {
             let _ = self.stop();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Containers that live as long as the test binary: started once, on a
-/// runtime of their own (each test has its own runtime, and the container
-/// must outlive all of them), and removed when the process exits.
-pub mod container {
-    use std::sync::Mutex;
-
-    use testcontainers_modules::postgres::Postgres;
-    use testcontainers_modules::testcontainers::runners::AsyncRunner;
-    use testcontainers_modules::testcontainers::{ContainerAsync, Image, ImageExt};
-
-    static STARTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-    /// `name:tag` from `var`, else `default`.
-    fn image(var: &str, default: &str) -> (String, String) {
-        let spec = std::env::var(var).unwrap_or_else(|_| default.to_owned());
-        match spec.rsplit_once(':') {
-            Some((name, tag)) if !tag.contains('/') => (name.to_owned(), tag.to_owned()),
-            _ => (spec, "latest".to_owned()),
-        }
-    }
-
-    fn docker_answers() -> bool {
-        std::process::Command::new("docker")
-            .args(["info", "--format", "{{.ServerVersion}}"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-
-    extern "C" fn remove_started() {
-        let ids = std::mem::take(&mut *STARTED.lock().unwrap_or_else(|e| e.into_inner()));
-        if !ids.is_empty() {
-            let _ = std::process::Command::new("docker")
-                .args(["rm", "-f", "-v"])
-                .args(&ids)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-
-    /// Keeps the container past its handle (removed at exit instead).
-    fn keep<I: Image>(container: ContainerAsync<I>) {
-        let mut started = STARTED.lock().unwrap_or_else(|e| e.into_inner());
-        if started.is_empty() {
-            unsafe { libc::atexit(remove_started) };
-        }
-        started.push(container.id().to_owned());
-        std::mem::forget(container);
-    }
-
-    fn on_own_runtime<T: Send + 'static>(
-        work: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
-    ) -> Result<T, String> {
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?
-                .block_on(work)
-        })
-        .join()
-        .map_err(|_| "the container thread panicked".to_owned())?
-    }
-
-    /// A PostgreSQL server in a container, as an admin URL.
-    pub fn postgres() -> Result<String, String> {
-        if !docker_answers() {
-            return Err("no Docker daemon answers".into());
-        }
-        let (name, tag) = image("SOCKGATE_TEST_PG_IMAGE", "postgres:17");
-        on_own_runtime(async move {
-            let started = std::time::Instant::now();
-            let node = Postgres::default()
-                .with_host_auth()
-                .with_name(name.clone())
-                .with_tag(tag.clone())
-                .start()
-                .await
-                .map_err(|e| format!("starting {name}:{tag}: {e}"))?;
-            let host = node.get_host().await.map_err(|e| e.to_string())?;
-            let port = node
-                .get_host_port_ipv4(5432)
-                .await
-                .map_err(|e| e.to_string())?;
-            let url = format!("postgres://postgres@{host}:{port}/postgres");
-            let version = server_version(&url).await?;
-            eprintln!(
-                "PostgreSQL for the tests: container {name}:{tag} ({version}) at {host}:{port}, ready in {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            keep(node);
-            Ok(url)
-        })
-    }
-
-    async fn server_version(url: &str) -> Result<String, String> {
-        use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(url)
-            .await
-            .map_err(|e| format!("connecting to {url}: {e}"))?;
-        let (version,): (String,) = sqlx::query_as("SHOW server_version")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(format!("PostgreSQL {version}"))
     }
 }
