@@ -15,8 +15,8 @@ use crate::audit::{self, AuditEvent, Severity};
 use crate::auth::{AuthError, Credentials};
 use crate::fleet::{FleetError, Scope};
 use crate::guests::{self, ReasonError};
-use crate::server::AppState;
 use crate::session::UserId;
+use crate::state::AppState;
 
 /// Every refusal of the admin route, with its status and message here only.
 #[derive(Debug, thiserror::Error)]

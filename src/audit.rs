@@ -504,9 +504,14 @@ mod tests {
         let db = crate::db::connect(&config).await.unwrap();
         crate::db::migrate(&config, &db).await.unwrap();
         let ns = crate::tables::Namespace::new(DbBackend::Sqlite, "sockgate");
-        let tables = Tables::resolve(&db, &ns, &Default::default())
-            .await
-            .unwrap();
+        let tables = Tables::resolve(
+            &db.conn,
+            db.session_zone.as_deref(),
+            &ns,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         db.conn.close_by_ref().await.unwrap();
         let max_bytes = 64 * 1024;
         let log = AuditLog::spawn(

@@ -1,8 +1,7 @@
 //! `sockgate check`: what `serve` will rely on, printed without starting the
 //! server or writing anything. The checks are the ones `serve` runs at start
-//! ([`crate::server::check_tables`]); this adds the report.
+//! ([`crate::prepare::check_tables`]); this adds the report.
 
-use anyhow::Context;
 use sea_orm::DbBackend;
 
 use crate::config::Config;
@@ -10,9 +9,9 @@ use crate::tables::{Col, Namespace, Tables};
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     println!("database: {}", redacted_url(&config.database_url));
-    let db = crate::db::connect(config)
-        .await
-        .context("connecting to the database")?;
+    let opened = crate::prepare::open(config, crate::prepare::Purpose::Check).await?;
+    let db = opened.db;
+    let tables = opened.tables.expect("check checks the tables");
     match (&db.session_zone, &config.session_timezone) {
         (Some(zone), Some(_)) => println!("session time zone: {zone} (SESSION_TIMEZONE)"),
         (Some(zone), None) => println!(
@@ -20,7 +19,6 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         ),
         (None, _) => println!("session time zone: UTC (SQLite development database)"),
     }
-    let tables = crate::server::check_tables(config, &db).await?;
 
     let session_schema = match db.conn.get_database_backend() {
         DbBackend::Postgres => config.session_schema.as_deref(),

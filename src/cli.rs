@@ -7,8 +7,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
+use crate::prepare::{self, Opened, Purpose};
 use crate::server;
 use crate::session::UserId;
+use crate::session_mint::mint_session;
 
 #[derive(Parser)]
 #[command(
@@ -115,8 +117,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             revocation_trigger,
             remove_revocation_trigger,
         } => {
-            let db = crate::db::connect(&config).await?;
-            crate::db::migrate(&config, &db).await?;
+            // What `serve` will check is checked here too, so a bad mapping
+            // shows now.
+            let Opened { db, tables } = prepare::open(&config, Purpose::Migrate).await?;
             let (schema, table) = (
                 config.session_schema.as_deref(),
                 config.session_table.as_str(),
@@ -129,32 +132,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::revocation::remove_trigger(&db.conn, schema, table).await?;
                 println!("revocation trigger removed");
             }
-            if config.is_sqlite() {
-                server::prepare_dev_database(&config, &db).await?;
-            } else {
-                crate::db::verify_session_table(
-                    &db.conn,
-                    config.session_schema.as_deref(),
-                    &config.session_table,
-                )
-                .await?;
+            if let Some(tables) = tables {
+                println!(
+                    "sockgate tables are up to date in {}",
+                    crate::check::own_place(&tables.namespace)
+                );
             }
-            // What `serve` will check, so a bad mapping shows now.
-            let tables = server::check_tables(&config, &db).await?;
-            println!(
-                "sockgate tables are up to date in {}",
-                crate::check::own_place(&tables.namespace)
-            );
             Ok(())
         }
         Command::Session {
             command: SessionCommand::Mint { user, ttl },
         } => {
-            let db = crate::db::connect(&config).await?;
-            if config.is_sqlite() {
-                crate::db::migrate(&config, &db).await?;
-                server::prepare_dev_database(&config, &db).await?;
-            }
+            let Opened { db, .. } = prepare::open(&config, Purpose::Mint).await?;
             let ttl = ttl.map_or_else(|| config.session_ttl(), std::time::Duration::from_secs);
             let store = crate::session_store::SessionStore::new(
                 &db,
@@ -162,7 +151,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &config.session_table,
                 None,
             );
-            let minted = server::mint_session(&store, &config.secrets()?, &UserId::new(user), ttl)
+            let minted = mint_session(&store, &config.secrets()?, &UserId::new(user), ttl)
                 .await
                 .context("could not write the session row")?;
             println!("Cookie: {}={}", config.cookie_name, minted.cookie_value);

@@ -126,12 +126,18 @@ pub fn adapter_pool(config: &Config) -> Result<sqlx::PgPool, DbError> {
     // The adapter creates and uses its attachments table by a bare name:
     // on these connections that name resolves in sockgate's schema, never
     // beside the app's tables.
+    Ok(in_own_schema(config, 3).connect_lazy_with(options))
+}
+
+/// A pool whose connections resolve bare names in sockgate's schema alone
+/// (`search_path` set as each connects).
+fn in_own_schema(config: &Config, max_connections: u32) -> PgPoolOptions {
     let set_path = format!(
         "SET search_path TO {}",
         crate::sql::ident(&config.sockgate_schema)
     );
-    Ok(PgPoolOptions::new()
-        .max_connections(3)
+    PgPoolOptions::new()
+        .max_connections(max_connections)
         .acquire_timeout(config.db_acquire_timeout())
         .after_connect(move |conn, _| {
             let set_path = set_path.clone();
@@ -140,7 +146,6 @@ pub fn adapter_pool(config: &Config) -> Result<sqlx::PgPool, DbError> {
                 Ok(())
             })
         })
-        .connect_lazy_with(options))
 }
 
 /// The time zone a client that sends none (node-postgres) gets: the role's,
@@ -167,22 +172,7 @@ async fn namespace_connection(
     let options = PgConnectOptions::from_str(&config.database_url)
         .map_err(|e| DbError::BadUrl(e.to_string()))?
         .application_name("sockgate-migrate");
-    let set_path = format!(
-        "SET search_path TO {}",
-        crate::sql::ident(&config.sockgate_schema)
-    );
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(config.db_acquire_timeout())
-        .after_connect(move |conn, _| {
-            let set_path = set_path.clone();
-            Box::pin(async move {
-                sqlx::Executor::execute(conn, sqlx::raw_sql(sqlx::AssertSqlSafe(set_path))).await?;
-                Ok(())
-            })
-        })
-        .connect_with(options)
-        .await?;
+    let pool = in_own_schema(config, 1).connect_with(options).await?;
     Ok(SqlxPostgresConnector::from_sqlx_postgres_pool(pool))
 }
 

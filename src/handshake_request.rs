@@ -21,7 +21,7 @@ pub async fn compact(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if !crate::origin_guard::is_engine_path(req.uri().path()) {
+    if !crate::engine_path::is_engine_path(req.uri().path()) {
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();

@@ -13,7 +13,7 @@ use crate::handshake_request;
 use crate::socket;
 use anyhow::Context;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The routes, the Socket.IO layer over the configured adapter, and the
 /// Origin guard in front of both.

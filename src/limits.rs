@@ -92,6 +92,39 @@ impl PerClientRate {
     }
 }
 
+/// How often origin violations reach the log and the audit table (the
+/// metric counts every one): a burst of 50, then 10 a second for the node,
+/// so that a flood cannot fill either; what was left out is carried on the
+/// next row.
+pub struct ViolationLog {
+    limiter: DefaultDirectRateLimiter,
+    suppressed: AtomicU64,
+}
+
+impl Default for ViolationLog {
+    fn default() -> Self {
+        Self {
+            limiter: RateLimiter::direct(
+                Quota::per_second(NonZeroU32::new(10).unwrap())
+                    .allow_burst(NonZeroU32::new(50).unwrap()),
+            ),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ViolationLog {
+    /// `Some(n)`: write this violation, noting `n` left out before it;
+    /// `None`: leave it out (it is counted).
+    pub fn admit(&self) -> Option<u64> {
+        if self.limiter.check().is_err() {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
 /// How often a client's refusals are written to the log and the audit
 /// table (every one is counted in `/metrics`): a burst, then a rate, per
 /// client IP, and at most 100 a second for the node. What was left out is

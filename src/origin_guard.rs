@@ -5,49 +5,18 @@
 //! websocket: this layer refuses.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::audit::{self, AuditEvent, Severity};
+use crate::engine_path::is_engine_path;
 use crate::origin::{Allowlist, Rejection, Verdict};
-use crate::server::AppState;
-
-/// Where the Socket.IO layer serves engine.io (the engine's `req_path`).
-pub const ENGINE_PATH: &str = "/socket.io";
-
-/// Whether the engine would serve a request for `path`: the engine's own
-/// matcher, so that no spelling it accepts (`/socket.io`, `/socket.io/`,
-/// `/socket.io/x`) can pass the guard unchecked.
-pub fn is_engine_path(path: &str) -> bool {
-    engineioxide::service::is_req_path(path, ENGINE_PATH)
-}
-
-/// Logs and audit rows for violations are rate-limited so that a flood
-/// cannot fill the log or the audit table; the metric counts every one.
-pub struct ViolationLog {
-    limiter: DefaultDirectRateLimiter,
-    suppressed: AtomicU64,
-}
-
-impl Default for ViolationLog {
-    fn default() -> Self {
-        Self {
-            limiter: RateLimiter::direct(
-                Quota::per_second(NonZeroU32::new(10).unwrap())
-                    .allow_burst(NonZeroU32::new(50).unwrap()),
-            ),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-}
+use crate::state::AppState;
 
 fn transport(req: &Request) -> &'static str {
     if !is_engine_path(req.uri().path()) {
@@ -136,12 +105,9 @@ fn record_violation(state: &AppState, req: &Request, rejection: &Rejection) {
         .origin_violations
         .get_or_create(&vec![("transport", transport)])
         .inc();
-    let log = &state.violations;
-    if log.limiter.check().is_err() {
-        log.suppressed.fetch_add(1, Ordering::Relaxed);
+    let Some(suppressed) = state.violations.admit() else {
         return;
-    }
-    let suppressed = log.suppressed.swap(0, Ordering::Relaxed);
+    };
     let client_ip = client_addr(req).map(|ip| ip.to_string());
     let shown = rejection.shown();
     let allowlist = state.allowlist.describe();

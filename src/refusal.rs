@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use crate::audit::{AuditEvent, Severity};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Writes `event` (and its log line) unless `ip` is over its refusal
 /// budget; the row carries `suppressed_since_last` in its details. Returns

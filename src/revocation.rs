@@ -12,7 +12,6 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use sqlx::postgres::PgListener;
 
 use crate::db::{DbError, quoted_table};
-use crate::session::EndReason;
 use crate::watcher::Watcher;
 
 pub const CHANNEL: &str = "sockgate_session_revoked";
@@ -104,21 +103,19 @@ pub async fn listen(db: DatabaseConnection, watcher: Watcher) {
             // call reconnects and re-LISTENs.
             match listener.try_recv().await {
                 Ok(Some(notice)) => {
-                    if let Some(sid) = watcher.registry.sid_for_digest(notice.payload()) {
-                        watcher.end_session(&sid, EndReason::Deleted);
-                    }
+                    watcher.session_deleted(notice.payload());
                 }
                 Ok(None) => {
                     tracing::warn!(
                         "revocation listener lost its connection; reconnecting and re-checking all sessions"
                     );
-                    watcher.wake.notify_one();
+                    watcher.check_now();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "revocation listener error; reconnecting");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    watcher.wake.notify_one();
+                    watcher.check_now();
                     break;
                 }
             }

@@ -1,14 +1,13 @@
-//! Assembling and running the server: database, audit writer, Socket.IO
-//! layer and HTTP routes.
+//! Assembling and running the server: the database opened and checked, the
+//! shared state built, the audit writer, the background tasks, the
+//! Socket.IO layer and the HTTP routes mounted on the listener. The top of
+//! the house: nothing below imports it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use base64::Engine;
-use chrono::{DateTime, TimeZone, Utc};
-use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -16,58 +15,21 @@ use tokio::task::JoinHandle;
 use crate::audit::AuditLog;
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::db::{self, Database};
 use crate::fleet::FleetCell;
 use crate::limits::{PerClientRate, RefusalLog};
 use crate::metrics::Metrics;
-use crate::origin::Allowlist;
-use crate::origin_guard::ViolationLog;
+use crate::prepare::{self, Opened, Purpose};
 use crate::registry::Registry;
-use crate::session::{self, UserId};
 use crate::session_store::SessionStore;
-use crate::tables::{Namespace, Tables};
+use crate::state::AppState;
 use crate::watcher::Watcher;
-
-/// The development user a fresh SQLite database starts with.
-pub const DEV_USER_ID: &str = "1";
-pub const DEV_USERNAME: &str = "dev";
-/// A guest of the development organization, to try the admin route on.
-pub const DEV_GUEST_USER_ID: &str = "2";
-pub const DEV_GUEST_USERNAME: &str = "guest";
-pub const DEV_GUEST_ID: i64 = 1;
-pub const DEV_ORGANIZATION_ID: i64 = 1;
-
-/// Everything a request or socket handler needs, cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub db: sea_orm::DatabaseConnection,
-    /// Guests, members and the audit target, as checked at start.
-    pub tables: Arc<Tables>,
-    pub auth: Authenticator,
-    pub audit: AuditLog,
-    pub registry: Registry,
-    pub watcher: Watcher,
-    pub metrics: Metrics,
-    pub allowlist: Arc<Allowlist>,
-    pub violations: Arc<ViolationLog>,
-    /// Per-client budget for refusals in the log and the audit table.
-    pub refusals: Arc<RefusalLog>,
-    /// New engine.io sessions per client IP.
-    pub handshakes: Arc<PerClientRate>,
-    /// This node's view of every node's sockets; set when the Socket.IO
-    /// layer is built.
-    pub fleet: FleetCell,
-}
 
 /// Connects, prepares the database and starts the audit writer.
 pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     config.validate()?;
     let allowlist = config.allowlist()?;
-    let db = db::connect(&config)
-        .await
-        .context("connecting to the database")?;
-    let tables = Arc::new(prepare_tables(&config, &db).await?);
+    let Opened { db, tables } = prepare::open(&config, Purpose::Serve).await?;
+    let tables = Arc::new(tables.expect("serve checks the tables"));
     let store = SessionStore::new(
         &db,
         config.session_schema.as_deref(),
@@ -127,183 +89,6 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         fleet,
     })
 }
-
-/// On SQLite the session table is sockgate's to create, and a development
-/// user is there to log in as.
-pub async fn prepare_dev_database(config: &Config, db: &Database) -> anyhow::Result<()> {
-    db::create_session_table(&db.conn, None, &config.session_table).await?;
-    seed_dev_data(&db.conn, &namespace(config, db)).await
-}
-
-/// Where sockgate's own tables live for this configuration.
-pub fn namespace(config: &Config, db: &Database) -> Namespace {
-    Namespace::new(db.conn.get_database_backend(), &config.sockgate_schema)
-}
-
-/// Everything `serve` relies on in the database, checked without writing:
-/// the session table's shape, sockgate's schema and migrations, and the
-/// mapped (or own) guest, member and audit tables. Development (SQLite)
-/// migrates and seeds first.
-pub async fn prepare_tables(config: &Config, db: &Database) -> anyhow::Result<Tables> {
-    if config.is_development() {
-        db::migrate(config, db)
-            .await
-            .context("migrating the SQLite database")?;
-        prepare_dev_database(config, db).await?;
-    }
-    check_tables(config, db).await
-}
-
-/// The checks of [`prepare_tables`], reading only (`sockgate check`).
-pub async fn check_tables(config: &Config, db: &Database) -> anyhow::Result<Tables> {
-    db::verify_session_table(
-        &db.conn,
-        config.session_schema.as_deref(),
-        &config.session_table,
-    )
-    .await?;
-    let ns = namespace(config, db);
-    if ns.backend == sea_orm::DbBackend::Postgres
-        && !crate::catalog::schema_exists(&db.conn, &ns.schema).await?
-    {
-        anyhow::bail!(
-            "schema {} (SOCKGATE_SCHEMA) does not exist: run `sockgate migrate` against this database first",
-            crate::sql::ident(&ns.schema)
-        );
-    }
-    // A foreign table in the namespace first: migrating would not help.
-    crate::tables::verify_own_tables(&db.conn, &ns).await?;
-    let pending = db::pending_migrations(config, db).await?;
-    if pending > 0 {
-        anyhow::bail!(
-            "{pending} sockgate migration(s) pending: run `sockgate migrate` against this database first"
-        );
-    }
-    let mapping = config.mapping()?;
-    Ok(Tables::resolve(db, &ns, &mapping).await?)
-}
-
-/// The development organization: user "1" (dev) is its admin, user "2" is
-/// guest 1 in it, in sockgate's own tables. Only missing rows are written,
-/// so a lock survives restarts.
-pub async fn seed_dev_data(
-    conn: &sea_orm::DatabaseConnection,
-    ns: &Namespace,
-) -> anyhow::Result<()> {
-    use sea_orm::{ConnectionTrait, Value};
-    let now = Value::from(Utc::now());
-    let backend = conn.get_database_backend();
-    let insert = |table: &str, columns: &str, values: Vec<Value>| {
-        let mut sql = crate::sql::Sql::new(backend);
-        let placeholders: Vec<String> = values.into_iter().map(|v| sql.bind(v)).collect();
-        sql.text = format!(
-            "INSERT INTO {} ({columns}) VALUES ({}) ON CONFLICT DO NOTHING",
-            ns.table(table),
-            placeholders.join(", ")
-        );
-        sql.build()
-    };
-    for (id, name) in [
-        (DEV_USER_ID, DEV_USERNAME),
-        (DEV_GUEST_USER_ID, DEV_GUEST_USERNAME),
-    ] {
-        conn.execute_raw(insert(
-            "app_user",
-            "id, username, created_at",
-            vec![id.into(), name.into(), now.clone()],
-        ))
-        .await?;
-    }
-    conn.execute_raw(insert(
-        "organization",
-        "id, name, created_at",
-        vec![
-            DEV_ORGANIZATION_ID.into(),
-            "Dev organization".into(),
-            now.clone(),
-        ],
-    ))
-    .await?;
-    conn.execute_raw(insert(
-        "member",
-        "id, organization_id, user_id, role",
-        vec![
-            1i64.into(),
-            DEV_ORGANIZATION_ID.into(),
-            DEV_USER_ID.into(),
-            crate::tables::OWN_ADMIN_ROLE.into(),
-        ],
-    ))
-    .await?;
-    conn.execute_raw(insert(
-        "guest",
-        "id, user_id, organization_id, soft_locked, created_at",
-        vec![
-            DEV_GUEST_ID.into(),
-            DEV_GUEST_USER_ID.into(),
-            DEV_ORGANIZATION_ID.into(),
-            false.into(),
-            now,
-        ],
-    ))
-    .await?;
-    Ok(())
-}
-
-pub struct Minted {
-    pub sid: String,
-    /// `s:<sid>.<signature>`, what `auth.sessionId` carries.
-    pub signed: String,
-    /// The URL-encoded cookie value, as express-session sets it.
-    pub cookie_value: String,
-    pub expires_at: DateTime<Utc>,
-}
-
-/// A new session id as express-session makes them (uid-safe, 24 bytes).
-pub fn new_sid() -> String {
-    let mut bytes = [0u8; 24];
-    rand::rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Writes a logged-in session for `user`, as express-session + passport +
-/// connect-pg-simple would after a login.
-pub async fn mint_session(
-    store: &SessionStore,
-    secrets: &crate::signature::Secrets,
-    user: &UserId,
-    ttl: Duration,
-) -> anyhow::Result<Minted> {
-    let sid = new_sid();
-    let (expire, sess) = session::new_session_json(user, Utc::now(), ttl);
-    store.upsert(&sid, &sess, expire).await?;
-    let signed = format!("s:{}", secrets.sign(&sid));
-    Ok(Minted {
-        cookie_value: cookie_value(&signed),
-        signed,
-        sid,
-        expires_at: Utc.timestamp_opt(expire, 0).single().unwrap_or_default(),
-    })
-}
-
-/// A signed value (`s:<sid>.<signature>`) URL-encoded as express-session
-/// puts it in the cookie.
-pub fn cookie_value(signed: &str) -> String {
-    percent_encoding::utf8_percent_encode(signed, COOKIE_ENCODE).to_string()
-}
-
-/// `encodeURIComponent`'s set, which express-session's cookie serializer
-/// uses for the value.
-const COOKIE_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'!')
-    .remove(b'~')
-    .remove(b'*')
-    .remove(b'\'')
-    .remove(b'(')
-    .remove(b')');
 
 pub struct RunningServer {
     pub local_addr: SocketAddr,
@@ -419,7 +204,10 @@ fn announce(state: &AppState, addr: SocketAddr) {
             "DEVELOPMENT MODE (DATABASE_URL is SQLite): signing with {secret}, seeded users, POST /dev/login, loopback only, one node. Never a deployment: production runs with DATABASE_URL=postgres://..."
         );
         tracing::info!(
-            "development user {DEV_USER_ID} ({DEV_USERNAME}): get a session cookie with `cargo run -- session mint --user {DEV_USER_ID}`"
+            "development user {} ({}): get a session cookie with `cargo run -- session mint --user {}`",
+            crate::dev_seed::DEV_USER_ID,
+            crate::dev_seed::DEV_USERNAME,
+            crate::dev_seed::DEV_USER_ID
         );
     }
 }

@@ -27,8 +27,8 @@ use socketioxide_core::adapter::DefinedAdapter;
 use crate::audit::{self, AuditEvent, Severity};
 use crate::auth::{AuthError, Credentials};
 use crate::fleet::Cluster;
-use crate::server::AppState;
 use crate::session::{self, UserId};
+use crate::state::AppState;
 
 /// What an authenticated socket carries, from the stored session only.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ pub fn layer<A: Adapter>(state: &AppState, adapter: A::State) -> (SocketIoLayer<
 /// here (pings, `whoami`, notices) are tens of bytes.
 pub fn tuned(builder: SocketIoBuilder) -> SocketIoBuilder {
     builder
-        .req_path(crate::origin_guard::ENGINE_PATH)
+        .req_path(crate::engine_path::ENGINE_PATH)
         .ws_read_buffer_size(256)
 }
 

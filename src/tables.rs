@@ -492,12 +492,14 @@ impl Found {
 
 impl Tables {
     /// Checks the mapping (or sockgate's own tables) against the catalog.
+    /// `session_zone` is the zone session expiry is written in (PostgreSQL;
+    /// UTC when `None`), which the statements on these tables state too.
     pub async fn resolve(
-        database: &crate::db::Database,
+        db: &DatabaseConnection,
+        session_zone: Option<&str>,
         namespace: &Namespace,
         mapping: &Mapping,
     ) -> Result<Self, SchemaError> {
-        let db = &database.conn;
         let backend = db.get_database_backend();
         let own = namespace.own_mapping();
         if backend == DbBackend::Postgres
@@ -602,10 +604,7 @@ impl Tables {
         Ok(Tables {
             backend,
             namespace: namespace.clone(),
-            zone: database
-                .session_zone
-                .clone()
-                .unwrap_or_else(|| "UTC".to_owned()),
+            zone: session_zone.unwrap_or("UTC").to_owned(),
             guests,
             members,
             audit,

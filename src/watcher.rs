@@ -219,4 +219,19 @@ impl Watcher {
         );
         count
     }
+
+    /// The Node app deleted the session whose digest the revocation trigger
+    /// sent: its sockets on this node, if any, end now. Returns how many.
+    pub fn session_deleted(&self, digest: &str) -> usize {
+        match self.registry.sid_for_digest(digest) {
+            Some(sid) => self.end_session(&sid, EndReason::Deleted),
+            None => 0,
+        }
+    }
+
+    /// Runs a full check now instead of at the next interval (after a
+    /// revocation notice may have been missed).
+    pub fn check_now(&self) {
+        self.wake.notify_one();
+    }
 }

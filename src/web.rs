@@ -14,8 +14,9 @@ use serde::Deserialize;
 use tower_http::services::ServeDir;
 
 use crate::config::Config;
-use crate::server::{AppState, mint_session};
 use crate::session::{self, UserId};
+use crate::session_mint::mint_session;
+use crate::state::AppState;
 
 pub const DEV_LOGIN_PATH: &str = "/dev/login";
 /// Where a browser lands after the development sign-in.

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 /// A session of `user` as the app writes it after a login.
 async fn session_of(env: &TestEnv, schema: &AppSchema, user: &str) -> String {
-    let sid = sockgate::server::new_sid();
+    let sid = sockgate::session_mint::new_sid();
     let passport_user = if schema.numeric_users {
         json!(user.parse::<i64>().unwrap())
     } else {

@@ -23,7 +23,6 @@ use crate::tables::Tables;
 
 use crate::config::Config;
 use crate::db::Database;
-use crate::server;
 use crate::session::UserId;
 use crate::session_store::SessionStore;
 use crate::signature::Secrets;
@@ -92,14 +91,14 @@ impl Fixtures {
             &config.session_table,
         )
         .await?;
-        let tables = Arc::new(server::check_tables(config, &db).await?);
+        let tables = Arc::new(crate::prepare::check_tables(config, &db).await?);
         let store = SessionStore::new(
             &db,
             config.session_schema.as_deref(),
             &config.session_table,
             Some(tables.clone()),
         );
-        let run = server::new_sid()
+        let run = crate::session_mint::new_sid()
             .chars()
             .filter(char::is_ascii_alphanumeric)
             .take(10)
@@ -166,7 +165,7 @@ impl Fixtures {
         format!(
             "{}={}",
             self.config.cookie_name,
-            server::cookie_value(signed)
+            crate::session_mint::cookie_value(signed)
         )
     }
 
@@ -182,18 +181,19 @@ impl Fixtures {
 
     /// A logged-in session for `user`, written as express-session +
     /// passport + connect-pg-simple write one after a login
-    /// (`server::mint_session`).
+    /// (`session_mint::mint_session`).
     pub async fn logged_in(&self, user: &str, ttl: Duration) -> Result<Session, String> {
-        let minted = server::mint_session(&self.store, &self.secrets, &UserId::new(user), ttl)
-            .await
-            .map_err(|e| format!("writing a session row: {e:#}"))?;
+        let minted =
+            crate::session_mint::mint_session(&self.store, &self.secrets, &UserId::new(user), ttl)
+                .await
+                .map_err(|e| format!("writing a session row: {e:#}"))?;
         self.created().sids.push(minted.sid.clone());
         Ok(self.session(minted.sid, minted.expires_at.timestamp()))
     }
 
     /// Any session row, written with connect-pg-simple's `set`.
     pub async fn raw(&self, sess: &Value, expire_secs: i64) -> Result<Session, String> {
-        let sid = server::new_sid();
+        let sid = crate::session_mint::new_sid();
         self.created().sids.push(sid.clone());
         self.store
             .upsert(&sid, sess, expire_secs)

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use sockgate::config::Config;
-use sockgate::server::{self, Minted, RunningServer};
+use sockgate::server::{self, RunningServer};
 use sockgate::session::UserId;
+use sockgate::session_mint::{Minted, mint_session};
 use sqlx::Connection;
 
 pub const SECRET: &str = "test-secret-new";
@@ -67,7 +68,7 @@ impl TestDb {
                 let admin = pg::admin_url_of(server)?;
                 let name = format!(
                     "sgt_{}",
-                    sockgate::server::new_sid()
+                    sockgate::session_mint::new_sid()
                         .to_lowercase()
                         .replace(['-', '_'], "x")
                 );
@@ -372,7 +373,7 @@ impl TestEnv {
 
     pub async fn mint_for(&self, user: &str, ttl: Duration) -> Minted {
         let auth = &self.server.state.auth;
-        server::mint_session(&auth.store, &auth.secrets, &UserId::new(user), ttl)
+        mint_session(&auth.store, &auth.secrets, &UserId::new(user), ttl)
             .await
             .unwrap()
     }

@@ -1,0 +1,40 @@
+//! What every request and socket handler shares: the state the server
+//! assembles at start. Below every handler and above nothing that handles a
+//! request, so the handlers and the server that mounts them never import
+//! each other.
+
+use std::sync::Arc;
+
+use crate::audit::AuditLog;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::fleet::FleetCell;
+use crate::limits::{PerClientRate, RefusalLog, ViolationLog};
+use crate::metrics::Metrics;
+use crate::origin::Allowlist;
+use crate::registry::Registry;
+use crate::tables::Tables;
+use crate::watcher::Watcher;
+
+/// Everything a request or socket handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: sea_orm::DatabaseConnection,
+    /// Guests, members and the audit target, as checked at start.
+    pub tables: Arc<Tables>,
+    pub auth: Authenticator,
+    pub audit: AuditLog,
+    pub registry: Registry,
+    pub watcher: Watcher,
+    pub metrics: Metrics,
+    pub allowlist: Arc<Allowlist>,
+    pub violations: Arc<ViolationLog>,
+    /// Per-client budget for refusals in the log and the audit table.
+    pub refusals: Arc<RefusalLog>,
+    /// New engine.io sessions per client IP.
+    pub handshakes: Arc<PerClientRate>,
+    /// This node's view of every node's sockets; set when the Socket.IO
+    /// layer is built.
+    pub fleet: FleetCell,
+}
