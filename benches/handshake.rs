@@ -194,8 +194,22 @@ async fn idle_memory(server: &Server, cookies: &[String]) -> serde_json::Value {
     serde_json::json!({ "sockets": connected, "rss_before_kib": before, "rss_after_kib": after, "kib_per_socket": per_socket })
 }
 
+/// The same allocator as the sockgate binary, so that the ceiling (this
+/// binary re-run) is compared like for like.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() {
+    if let Ok(listen) = std::env::var(support::ceiling::ENV) {
+        let listen = listen
+            .parse()
+            .expect("SOCKGATE_BENCH_CEILING is an address");
+        support::ceiling::serve(listen)
+            .await
+            .expect("the ceiling server");
+        return;
+    }
     let n = env_usize("BENCH_HANDSHAKES", 5000);
     let concurrency = env_usize("BENCH_CONCURRENCY", 32);
     let idle = env_usize("BENCH_IDLE", 10_000);
@@ -219,7 +233,7 @@ async fn main() {
     );
     for transport in [Transport::Websocket, Transport::Polling] {
         let sockgate = Server::start(&db.url, &[]).await;
-        let ceiling = Server::start_with_args(&db.url, &["unauthenticated-ceiling"], &[]).await;
+        let ceiling = Server::start_ceiling().await;
         // Warm both (first-connection allocations, prepared statements).
         run(&sockgate, transport, &cookies[..50], concurrency, None).await;
         run(&ceiling, transport, &cookies[..50], concurrency, None).await;
@@ -264,7 +278,7 @@ async fn main() {
     let sockgate = Server::start(&db.url, &[]).await;
     let auth = idle_memory(&sockgate, &cookies[..idle + 1]).await;
     sockgate.stop();
-    let ceiling = Server::start_with_args(&db.url, &["unauthenticated-ceiling"], &[]).await;
+    let ceiling = Server::start_ceiling().await;
     let bare = idle_memory(&ceiling, &cookies[..idle + 1]).await;
     ceiling.stop();
     for (name, m) in [("sockgate", &auth), ("ceiling", &bare)] {

@@ -1,4 +1,4 @@
-//! The conformance suite (`sockgate conformance`) run in-process against a
+//! The conformance suite (`sockgate-conformance`) run in-process against a
 //! real sockgate on SQLite and on PostgreSQL: every case must pass, every
 //! case must have run (a case silently dropped changes the list), and the
 //! fixtures must be gone afterwards.
@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Backend, TestEnv};
 use sea_orm::{ConnectionTrait, Statement};
 use sockgate::config::Config;
-use sockgate::conformance::{self, Options, Outcome, Report};
+use sockgate_conformance::{self as conformance, Options, Outcome, Report};
 
 const ALLOWED: &str = "http://allowed.conformance.test";
 const DENIED: &str = "http://denied.conformance.test";

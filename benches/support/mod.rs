@@ -3,6 +3,7 @@
 //! Socket.IO v5 handshake over a websocket directly.
 #![allow(dead_code)]
 
+pub mod ceiling;
 #[path = "../../tests/common/unlimited_env.rs"]
 mod unlimited_env;
 
@@ -145,6 +146,34 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(addr).await.is_err() {
             assert!(Instant::now() < deadline, "server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server
+    }
+
+    /// The ceiling server: this bench binary again, in a process of its
+    /// own, serving [`ceiling::serve`] (the bench's `main` checks
+    /// [`ceiling::ENV`] first).
+    pub async fn start_ceiling() -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(std::env::current_exe().expect("the bench binary"))
+            .env(ceiling::ENV, addr.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the ceiling server");
+        let server = Server { addr, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the ceiling server did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server

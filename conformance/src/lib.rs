@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 
-use crate::config::Config;
 use client::Transport;
 use fixtures::Fixtures;
+use sockgate::config::Config;
 
 /// What to test and how to reach it.
 #[derive(Clone)]
