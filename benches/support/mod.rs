@@ -113,67 +113,39 @@ pub struct Server {
 
 impl Server {
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Server {
-        Self::start_with_args(database_url, &[], env).await
-    }
-
-    /// The binary with a subcommand (e.g. the hidden ceiling server).
-    pub async fn start_with_args(
-        database_url: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr = free_addr();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sockgate"));
-        cmd.args(args)
-            .env("DATABASE_URL", database_url)
+        cmd.env("DATABASE_URL", database_url)
             .env("SESSION_SECRET", SECRET)
             .env("LISTEN_ADDR", addr.to_string())
             .env("RUST_LOG", "warn")
             // One client address drives thousands of connections.
             .envs(unlimited_env::UNLIMITED_ENV)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start the sockgate binary");
-        let server = Server { addr, child };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        server
+            .envs(env.iter().copied());
+        Self::spawn(cmd, addr, "the sockgate server").await
     }
 
     /// The ceiling server: this bench binary again, in a process of its
     /// own, serving [`ceiling::serve`] (the bench's `main` checks
     /// [`ceiling::ENV`] first).
     pub async fn start_ceiling() -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(std::env::current_exe().expect("the bench binary"))
-            .env(ceiling::ENV, addr.to_string())
+        let addr = free_addr();
+        let mut cmd = Command::new(std::env::current_exe().expect("the bench binary"));
+        cmd.env(ceiling::ENV, addr.to_string());
+        Self::spawn(cmd, addr, "the ceiling server").await
+    }
+
+    /// Starts `cmd` and waits until it listens on `addr`.
+    async fn spawn(mut cmd: Command, addr: SocketAddr, what: &str) -> Server {
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start the ceiling server");
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
         let server = Server { addr, child };
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the ceiling server did not start"
-            );
+            assert!(Instant::now() < deadline, "{what} did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server
@@ -409,4 +381,12 @@ pub fn write_report(name: &str, json: &serde_json::Value) {
     let path = dir.join(format!("{name}.json"));
     std::fs::write(&path, serde_json::to_string_pretty(json).unwrap()).unwrap();
     println!("wrote {}", path.display());
+}
+
+/// A loopback address with a port free right now.
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
