@@ -24,7 +24,6 @@ use crate::tables::{AuditTable, Col, Tables};
 pub enum Severity {
     Info,
     Warn,
-    Error,
 }
 
 impl Severity {
@@ -32,7 +31,6 @@ impl Severity {
         match self {
             Severity::Info => "INFO",
             Severity::Warn => "WARN",
-            Severity::Error => "ERROR",
         }
     }
 }
@@ -43,7 +41,6 @@ pub mod action {
     pub const SESSION_EXPIRED: &str = "socket.session_expired";
     pub const SESSION_REFRESHED: &str = "session.refreshed";
     pub const DISCONNECTED: &str = "socket.disconnected";
-    pub const SOCKET_ERROR: &str = "socket.error";
     pub const ORIGIN_REJECTED: &str = "socket.origin_rejected";
     pub const GUEST_DISCONNECTED: &str = "guest.disconnected";
     pub const GUEST_LOCKED: &str = "socket.guest_locked";

@@ -73,7 +73,6 @@ pub struct Authenticated {
     pub user_id: UserId,
     pub sid: String,
     pub source: SessionIdSource,
-    pub expire_at: DateTime<Utc>,
 }
 
 #[derive(Clone)]
@@ -134,7 +133,6 @@ impl Authenticator {
             user_id,
             sid,
             source,
-            expire_at: stored.expire_at,
         })
     }
 }

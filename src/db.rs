@@ -56,12 +56,6 @@ pub struct Database {
     pub session_zone: Option<String>,
 }
 
-impl Database {
-    pub fn backend(&self) -> DbBackend {
-        self.conn.get_database_backend()
-    }
-}
-
 pub async fn connect(config: &Config) -> Result<Database, DbError> {
     if config.is_sqlite() {
         connect_sqlite(config).await

@@ -240,10 +240,6 @@ impl Allowlist {
         Ok(Self::new(entries, allow_missing))
     }
 
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
-    }
-
     pub fn describe(&self) -> String {
         self.entries
             .iter()

@@ -76,7 +76,6 @@ fn digest_bytes(sid: &str) -> [u8; 32] {
 pub struct LiveSession {
     pub sid: String,
     pub user_id: UserId,
-    pub sockets: usize,
 }
 
 impl Registry {
@@ -148,7 +147,6 @@ impl Registry {
             .map(|(sid, e)| LiveSession {
                 sid: sid.to_string(),
                 user_id: e.user_id.clone(),
-                sockets: e.sockets.len(),
             })
             .collect()
     }

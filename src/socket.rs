@@ -35,7 +35,6 @@ use crate::state::AppState;
 pub struct SocketSession {
     pub user_id: UserId,
     pub sid: String,
-    pub authenticated: bool,
 }
 
 #[derive(Serialize)]
@@ -199,7 +198,6 @@ async fn authenticate<A: Adapter>(
             s.extensions.insert(SocketSession {
                 user_id: ok.user_id,
                 sid: ok.sid,
-                authenticated: true,
             });
             // Before CONNECT goes out, so a guest lock aimed at the room in
             // that instant reaches this socket; a handshake that fails
@@ -305,7 +303,8 @@ fn register_events<A: Adapter>(s: &SocketRef<A>) {
                 let me = WhoAmI {
                     user_id: session.user_id.as_str(),
                     session_id: &session.sid,
-                    authenticated: session.authenticated,
+                    // A socket exists only once its session authenticated.
+                    authenticated: true,
                 };
                 if let Err(e) = s.emit("whoami", &me) {
                     tracing::warn!(socket = %s.id, error = %e, "socket error: could not answer whoami");
