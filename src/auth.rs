@@ -75,6 +75,31 @@ pub struct Authenticated {
     pub source: SessionIdSource,
 }
 
+/// What the decision reads of a stored session row.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionFacts<'a> {
+    pub expire_at: DateTime<Utc>,
+    pub sess: Option<&'a Json>,
+    /// The session's user is a soft-locked guest.
+    pub guest_locked: bool,
+}
+
+/// The verdict on a stored session (`None`: no such row) at `now`, in the
+/// order DESIGN.md gives: the row, then expiry, then a logged-in user, then
+/// a guest lock. Pure: the row and the time decide, nothing else.
+pub fn decide(stored: Option<SessionFacts<'_>>, now: DateTime<Utc>) -> Result<UserId, AuthError> {
+    let stored = stored.ok_or(AuthError::UnknownSession)?;
+    let user = stored.sess.and_then(session::passport_user);
+    if !session::is_live(stored.expire_at, now) {
+        return Err(AuthError::ExpiredSession { user });
+    }
+    let user_id = user.ok_or(AuthError::NotLoggedIn)?;
+    if stored.guest_locked {
+        return Err(AuthError::GuestLocked { user: user_id });
+    }
+    Ok(user_id)
+}
+
 #[derive(Clone)]
 pub struct Authenticator {
     pub store: SessionStore,
@@ -119,20 +144,104 @@ impl Authenticator {
             .store
             .load(&sid)
             .await
-            .map_err(|e| fail(AuthError::StoreUnavailable(e)))?
-            .ok_or_else(|| fail(AuthError::UnknownSession))?;
-        let user = stored.sess.as_ref().and_then(session::passport_user);
-        if !session::is_live(stored.expire_at, now) {
-            return Err(fail(AuthError::ExpiredSession { user }));
-        }
-        let user_id = user.ok_or_else(|| fail(AuthError::NotLoggedIn))?;
-        if stored.guest_lock.is_some() {
-            return Err(fail(AuthError::GuestLocked { user: user_id }));
-        }
+            .map_err(|e| fail(AuthError::StoreUnavailable(e)))?;
+        let facts = stored.as_ref().map(|s| SessionFacts {
+            expire_at: s.expire_at,
+            sess: s.sess.as_ref(),
+            guest_locked: s.guest_lock.is_some(),
+        });
+        let user_id = decide(facts, now).map_err(fail)?;
         Ok(Authenticated {
             user_id,
             sid,
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn at(secs: i64, micros: u32) -> DateTime<Utc> {
+        Utc.timestamp_opt(secs, micros * 1000).unwrap()
+    }
+
+    #[test]
+    fn each_refusal_in_its_order() {
+        let now = at(1_000, 0);
+        let live = at(2_000, 0);
+        let dead = at(999, 0);
+        let user = json!({"passport": {"user": 7}});
+        let nobody = json!({"cookie": {}});
+        fn facts(
+            expire_at: DateTime<Utc>,
+            sess: &Json,
+            guest_locked: bool,
+        ) -> Option<SessionFacts<'_>> {
+            Some(SessionFacts {
+                expire_at,
+                sess: Some(sess),
+                guest_locked,
+            })
+        }
+        let (user, nobody) = (&user, &nobody);
+        assert!(matches!(decide(None, now), Err(AuthError::UnknownSession)));
+        // Expired wins over a missing user and over a lock, and keeps the user.
+        assert!(matches!(
+            decide(facts(dead, user, true), now),
+            Err(AuthError::ExpiredSession { user: Some(u) }) if u.as_str() == "7"
+        ));
+        assert!(matches!(
+            decide(facts(dead, nobody, false), now),
+            Err(AuthError::ExpiredSession { user: None })
+        ));
+        // A locked session without a user is refused as not logged in.
+        assert!(matches!(
+            decide(facts(live, nobody, true), now),
+            Err(AuthError::NotLoggedIn)
+        ));
+        assert!(matches!(
+            decide(facts(live, user, true), now),
+            Err(AuthError::GuestLocked { user }) if user.as_str() == "7"
+        ));
+        assert_eq!(decide(facts(live, user, false), now).unwrap().as_str(), "7");
+        // Unparseable JSON (sess None) is nobody logged in.
+        let none = Some(SessionFacts {
+            expire_at: live,
+            sess: None,
+            guest_locked: false,
+        });
+        assert!(matches!(decide(none, now), Err(AuthError::NotLoggedIn)));
+    }
+
+    proptest! {
+        /// Admitted exactly when the row exists, is live by connect-pg-simple's
+        /// rule, names a user and is not locked; the client's message is
+        /// one of the design's.
+        #[test]
+        fn admitted_exactly_when_every_rule_holds(
+            exists in any::<bool>(),
+            expire in 0i64..4_000,
+            expire_us in 0u32..1_000_000,
+            now in 0i64..4_000,
+            now_us in 0u32..1_000_000,
+            logged_in in any::<bool>(),
+            locked in any::<bool>(),
+        ) {
+            let sess = if logged_in { json!({"passport": {"user": "u1"}}) } else { json!({}) };
+            let (expire_at, now) = (at(expire, expire_us), at(now, now_us));
+            let facts = exists.then_some(SessionFacts { expire_at, sess: Some(&sess), guest_locked: locked });
+            let verdict = decide(facts, now);
+            let live = session::is_live(expire_at, now);
+            prop_assert_eq!(verdict.is_ok(), exists && live && logged_in && !locked);
+            if let Err(e) = verdict {
+                let shown = e.to_string();
+                prop_assert!(["Session expired", "Authentication required", "Guest access revoked"].contains(&shown.as_str()), "{}", shown);
+            }
+        }
     }
 }

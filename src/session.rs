@@ -79,13 +79,16 @@ pub fn ttl_from_max_age(max_age_ms: Option<f64>, default_ttl: Duration) -> Durat
         .min(MAX_TTL)
 }
 
+/// A stored session's `cookie.originalMaxAge` (ms), if it has a number there.
+pub fn original_max_age(sess: &Value) -> Option<f64> {
+    sess.get("cookie")
+        .and_then(|c| c.get("originalMaxAge"))
+        .and_then(Value::as_f64)
+}
+
 /// [`ttl_from_max_age`] of a stored session's `cookie.originalMaxAge`.
 pub fn session_ttl(sess: &Value, default_ttl: Duration) -> Duration {
-    let max_age = sess
-        .get("cookie")
-        .and_then(|c| c.get("originalMaxAge"))
-        .and_then(Value::as_f64);
-    ttl_from_max_age(max_age, default_ttl)
+    ttl_from_max_age(original_max_age(sess), default_ttl)
 }
 
 /// The new `expire` (whole seconds, as connect-pg-simple writes it) and the

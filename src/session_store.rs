@@ -385,10 +385,7 @@ impl SessionStore {
                     sid: row.try_get("", "sid")?,
                     expire_at,
                     user: crate::session::passport_user(&sess),
-                    original_max_age_ms: sess
-                        .get("cookie")
-                        .and_then(|c| c.get("originalMaxAge"))
-                        .and_then(Json::as_f64),
+                    original_max_age_ms: crate::session::original_max_age(&sess),
                     guest_lock: None,
                 },
                 None => {
