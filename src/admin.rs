@@ -11,10 +11,9 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::audit::{self, AuditEvent, Severity};
 use crate::auth::{AuthError, Credentials};
-use crate::fleet::{FleetError, Scope};
-use crate::guests::{self, ReasonError};
+use crate::fleet::FleetError;
+use crate::guests::{self, LockError, ReasonError};
 use crate::session::UserId;
 use crate::state::AppState;
 
@@ -37,6 +36,17 @@ pub enum AdminError {
     Fleet(#[from] FleetError),
 }
 
+impl From<LockError> for AdminError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::NotAdmin => AdminError::NotAdmin,
+            LockError::UnknownGuest => AdminError::UnknownGuest,
+            LockError::Database(e) => AdminError::Database(e),
+            LockError::Fleet(e) => AdminError::Fleet(e),
+        }
+    }
+}
+
 impl AdminError {
     fn status(&self) -> StatusCode {
         match self {
@@ -51,15 +61,22 @@ impl AdminError {
     }
 }
 
-impl IntoResponse for AdminError {
-    fn into_response(self) -> Response {
-        match &self {
+impl AdminError {
+    /// Failures on sockgate's side reach the log; refusals of the caller
+    /// are the caller's answer (and the guests module's warnings).
+    fn log(&self) {
+        match self {
             AdminError::Database(e) => tracing::error!(error = %e, "admin route: database error"),
             AdminError::Fleet(e) => {
                 tracing::error!(error = %e, "admin route: guest locked but disconnect failed")
             }
             _ => {}
         }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
         (
             self.status(),
             Json(json!({ "success": false, "error": self.to_string() })),
@@ -121,42 +138,33 @@ pub async fn disconnect_guest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Disconnected>, AdminError> {
-    let admin = caller(&state, &headers).await?;
-    // Before any guest lookup: a caller who administers nothing is refused
-    // whatever the id, so guest ids cannot be enumerated.
-    if !guests::is_admin_anywhere(&state.db, &state.tables, &admin).await? {
-        tracing::warn!(admin = %admin, "admin route: caller is an admin of no organization");
-        return Err(AdminError::NotAdmin);
-    }
-    // An id that is not one of the id column's type names no guest.
-    let guest = guests::find(&state.db, &state.tables, &guest_id)
-        .await?
-        .ok_or(AdminError::UnknownGuest)?;
-    if !guests::is_admin_of(&state.db, &state.tables, &admin, &guest).await? {
-        tracing::warn!(admin = %admin, guest = %guest.id, "admin route: caller is not an admin of the guest's organization");
-        return Err(AdminError::NotAdmin);
-    }
-    let body = parse_body(&headers, &body)?;
+    lock_guest(&state, &guest_id, &headers, &body)
+        .await
+        .inspect_err(AdminError::log)
+}
+
+async fn lock_guest(
+    state: &AppState,
+    guest_id: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Json<Disconnected>, AdminError> {
+    let admin = caller(state, headers).await?;
+    let guest = guests::authorize(&state.db, &state.tables, &admin, guest_id).await?;
+    // The body only once the caller may act on this guest.
+    let body = parse_body(headers, body)?;
     let message = guests::lock_message(body.reason.as_deref())
         .map_err(|e: ReasonError| AdminError::BadBody(e.to_string()))?;
-    let newly_locked = guests::lock(&state.db, &state.tables, &guest, &message).await?;
-    let user = UserId::new(guest.user_id.clone());
-    let result = guests::disconnect_user(&state.fleet, &user, &message, Scope::Cluster).await;
-
-    let mut event = AuditEvent::new(audit::action::GUEST_DISCONNECTED, Severity::Info);
-    event.user_id = Some(admin.to_string());
-    event.reason = Some(message.clone());
-    event.details = Some(json!({
-        "guest_id": guest.id,
-        "guest_user_id": guest.user_id,
-        "organization_id": guest.organization_id,
-        "newly_locked": newly_locked,
-        "disconnected": result.as_ref().ok(),
-        "error": result.as_ref().err().map(ToString::to_string),
-    }));
-    state.audit.record(event);
-    let disconnected = result?;
-    tracing::info!(admin = %admin, guest = %guest.id, user = %user, disconnected, newly_locked, "guest soft-locked and disconnected");
+    let disconnected = guests::lock_and_disconnect(
+        &state.db,
+        &state.tables,
+        &state.fleet,
+        &state.audit,
+        &admin,
+        &guest,
+        &message,
+    )
+    .await?;
     Ok(Json(Disconnected {
         success: true,
         disconnected,

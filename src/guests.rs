@@ -1,7 +1,9 @@
 //! Soft-locked guests: the rules (who may lock whom, what the client is
-//! told) and the rows behind them, in the app's tables through the mapping
-//! or in sockgate's own ([`crate::tables`]). The HTTP route in `admin` and the session
-//! watcher both end a guest's sockets through [`disconnect_user`].
+//! told), the rows behind them, in the app's tables through the mapping or
+//! in sockgate's own ([`crate::tables`]), and the admin's use case
+//! ([`authorize`], then [`lock_and_disconnect`]); the HTTP route in `admin`
+//! only parses and answers. The route and the session watcher both end a
+//! guest's sockets through [`disconnect_user`].
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 use serde_json::json;
@@ -10,6 +12,7 @@ use crate::catalog::Kind;
 use crate::sql::{Sql, as_id};
 use crate::tables::{Col, Tables};
 
+use crate::audit::{self, AuditEvent, AuditLog, Severity};
 use crate::fleet::{FleetCell, FleetError, Notice, Scope};
 use crate::session::UserId;
 
@@ -257,4 +260,74 @@ mod tests {
             }
         }
     }
+}
+
+/// Why the admin's lock was refused or could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("the caller administers no organization, or not the guest's")]
+    NotAdmin,
+    #[error("no such guest")]
+    UnknownGuest,
+    #[error(transparent)]
+    Database(#[from] DbErr),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+}
+
+/// The guest `guest_id` names, if `admin` may lock it. A caller who
+/// administers nothing is refused before any guest lookup, whatever the id,
+/// so guest ids cannot be enumerated; an id that is not of the id column's
+/// type names no guest.
+pub async fn authorize(
+    db: &DatabaseConnection,
+    tables: &Tables,
+    admin: &UserId,
+    guest_id: &str,
+) -> Result<GuestRow, LockError> {
+    if !is_admin_anywhere(db, tables, admin).await? {
+        tracing::warn!(admin = %admin, "admin route: caller is an admin of no organization");
+        return Err(LockError::NotAdmin);
+    }
+    let guest = find(db, tables, guest_id)
+        .await?
+        .ok_or(LockError::UnknownGuest)?;
+    if !is_admin_of(db, tables, admin, &guest).await? {
+        tracing::warn!(admin = %admin, guest = %guest.id, "admin route: caller is not an admin of the guest's organization");
+        return Err(LockError::NotAdmin);
+    }
+    Ok(guest)
+}
+
+/// Soft-locks `guest`, tells each of their sockets on every node why
+/// (`guest:locked`) and closes it, and audits the whole of it, a failed
+/// disconnect included. Returns how many sockets were closed.
+pub async fn lock_and_disconnect(
+    db: &DatabaseConnection,
+    tables: &Tables,
+    fleet: &FleetCell,
+    audit_log: &AuditLog,
+    admin: &UserId,
+    guest: &GuestRow,
+    message: &str,
+) -> Result<usize, LockError> {
+    let newly_locked = lock(db, tables, guest, message).await?;
+    let user = UserId::new(guest.user_id.clone());
+    let result = disconnect_user(fleet, &user, message, Scope::Cluster).await;
+
+    let mut event = AuditEvent::new(audit::action::GUEST_DISCONNECTED, Severity::Info);
+    event.user_id = Some(admin.to_string());
+    event.reason = Some(message.to_owned());
+    event.details = Some(json!({
+        "guest_id": guest.id,
+        "guest_user_id": guest.user_id,
+        "organization_id": guest.organization_id,
+        "newly_locked": newly_locked,
+        "disconnected": result.as_ref().ok(),
+        "error": result.as_ref().err().map(ToString::to_string),
+    }));
+    audit_log.record(event);
+    let disconnected = result?;
+    tracing::info!(admin = %admin, guest = %guest.id, user = %user, disconnected, newly_locked, "guest soft-locked and disconnected");
+    Ok(disconnected)
 }
