@@ -1,7 +1,9 @@
-//! A real Socket.IO client (rust_socketio, async) for the conformance suite.
-//! Every callback lands in one ordered channel, so a case can check what
-//! the client observed and in which order. Nothing here panics: every
-//! surprise is an `Err(String)` that becomes the case's FAIL line.
+//! A real Socket.IO client (rust_socketio, async) for the conformance suite
+//! and, through a thin asserting wrapper (`tests/common/client.rs`), for
+//! the tests. Every callback lands in one ordered channel, so a case can
+//! check what the client observed and in which order. Nothing here panics:
+//! every surprise is an `Err(String)` that becomes the case's FAIL line (or
+//! the test's panic).
 
 use std::fmt;
 use std::time::Duration;
@@ -54,6 +56,8 @@ pub struct Handshake {
     /// The Socket.IO `auth` payload.
     pub auth: Option<Value>,
     pub origin: Option<String>,
+    /// Any other opening headers.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The server-initiated events the suite listens for (rust_socketio only
@@ -100,6 +104,9 @@ pub async fn connect(url: &str, transport: Transport, hs: &Handshake) -> SioClie
     }
     if let Some(origin) = &hs.origin {
         builder = builder.opening_header("Origin", origin.as_str());
+    }
+    for (name, value) in &hs.headers {
+        builder = builder.opening_header(name.as_str(), value.as_str());
     }
     if let Some(auth) = hs.auth.clone() {
         builder = builder.auth(auth);
