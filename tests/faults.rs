@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::client::{self, Options, Seen, TestClient, Transport};
+use common::engine_io::{self, HandshakeError};
 use common::pg::OwnCluster;
-use common::wire::{self, HandshakeError};
+use common::wire;
 use common::{TestDb, TestEnv};
 use serde_json::{Value, json};
 use sockgate::config::{AdapterKind, Config};
@@ -446,7 +447,7 @@ async fn postgres_adapter_carries_a_guest_lock_between_nodes_after_a_restart() {
 
 /// What one client of the storm saw.
 enum Outcome {
-    Connected(Box<wire::Ws>),
+    Connected(Box<engine_io::Ws>),
     Refused(String),
     Error(String),
     TimedOut,
@@ -493,7 +494,7 @@ async fn reconnect_storm_after_a_server_restart() {
             .collect(),
     );
     let addr = env.server.local_addr;
-    wire::handshake(&addr, &cookies[0])
+    engine_io::handshake(&addr, &cookies[0])
         .await
         .expect("a handshake before the restart");
 
@@ -537,7 +538,7 @@ async fn reconnect_storm_after_a_server_restart() {
             let t0 = Instant::now();
             let outcome = match tokio::time::timeout(
                 Duration::from_secs(20),
-                wire::handshake(&addr, &cookies[i]),
+                engine_io::handshake(&addr, &cookies[i]),
             )
             .await
             {
@@ -604,7 +605,7 @@ async fn reconnect_storm_after_a_server_restart() {
     }
     // The pool is not exhausted: a new handshake goes through promptly.
     let probe = Instant::now();
-    let ws = wire::handshake(&addr, &cookies[0])
+    let ws = engine_io::handshake(&addr, &cookies[0])
         .await
         .expect("a handshake right after the storm");
     let probe_took = probe.elapsed();
@@ -685,12 +686,12 @@ async fn vanish(addr: SocketAddr, cookie: String, how: Vanish) {
                 .await;
         }
         Vanish::AfterOpen => {
-            let ws = wire::open(&addr, &cookie).await.unwrap();
+            let ws = engine_io::open(&addr, &cookie).await.unwrap();
             drop(ws);
         }
         Vanish::AfterConnect(delay_ms) => {
-            let mut ws = wire::open(&addr, &cookie).await.unwrap();
-            wire::send_connect(&mut ws).await.unwrap();
+            let mut ws = engine_io::open(&addr, &cookie).await.unwrap();
+            engine_io::send_connect(&mut ws).await.unwrap();
             if delay_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             }
@@ -862,7 +863,9 @@ async fn an_event_sent_right_after_connect_is_answered() {
         let permit = sem.clone().acquire_owned().await.unwrap();
         let cookie = minted.cookie_value.clone();
         tasks.push(tokio::spawn(async move {
-            let mut ws = wire::handshake(&addr, &cookie).await.expect("connects");
+            let mut ws = engine_io::handshake(&addr, &cookie)
+                .await
+                .expect("connects");
             ws.send(Message::text(r#"42["whoami"]"#)).await.unwrap();
             let answered = tokio::time::timeout(Duration::from_secs(3), async {
                 while let Some(Ok(msg)) = ws.next().await {

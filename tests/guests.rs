@@ -2,6 +2,7 @@
 //! refused reconnects and the watcher's safety net, through real
 //! rust_socketio clients on SQLite and PostgreSQL.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -12,34 +13,14 @@ use common::{Backend, TestEnv};
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
-/// Every test here on SQLite and on both PostgreSQL major versions, seeded.
-macro_rules! on_every_backend {
+/// Every test here on SQLite and on both PostgreSQL major versions, on a
+/// seeded database.
+macro_rules! seeded {
     ($name:ident, $tweak:expr, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let env = TestEnv::start_with(Backend::Sqlite, $tweak).await.unwrap();
-                seed(&env).await;
-                ($body)(env).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(env) = TestEnv::start_with(Backend::PG, $tweak).await else {
-                    return;
-                };
-                seed(&env).await;
-                ($body)(env).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres_second() {
-                let Some(env) = TestEnv::start_with(Backend::PG_SECOND, $tweak).await else {
-                    return;
-                };
-                seed(&env).await;
-                ($body)(env).await;
-            }
-        }
+        on_every_backend!($name, $tweak, |env: TestEnv| async move {
+            seed(&env).await;
+            ($body)(env).await;
+        });
     };
 }
 
@@ -150,7 +131,7 @@ async fn guest_row(env: &TestEnv, id: i64) -> GuestRow {
     }
 }
 
-on_every_backend!(
+seeded!(
     admin_route_refuses_precisely,
     defaults,
     |env: TestEnv| async move {
@@ -247,7 +228,7 @@ on_every_backend!(
     }
 );
 
-on_every_backend!(
+seeded!(
     locked_guest_is_told_then_disconnected_everywhere_and_cannot_return,
     defaults,
     |env: TestEnv| async move {
@@ -343,7 +324,7 @@ on_every_backend!(
     }
 );
 
-on_every_backend!(
+seeded!(
     default_reason_and_guest_whose_passport_user_is_an_object,
     defaults,
     |env: TestEnv| async move {
@@ -381,7 +362,7 @@ on_every_backend!(
     }
 );
 
-on_every_backend!(
+seeded!(
     a_guest_locked_behind_the_servers_back_is_found_by_the_watcher,
     |c: &mut sockgate::config::Config| c.session_check_interval = Duration::from_millis(300),
     |env: TestEnv| async move {
@@ -458,7 +439,7 @@ fn trials(env: &TestEnv) -> i64 {
         .unwrap_or(default)
 }
 
-on_every_backend!(
+seeded!(
     guest_locked_always_arrives_before_the_close,
     patient_pool,
     |env: TestEnv| async move {
@@ -547,7 +528,7 @@ async fn lock_on_one_node_reaches_the_other_through_the_redis_adapter() {
 // The documented scope (README › Guest lock scope): a lock by one
 // organization cuts the user off whatever else they belong to, since a
 // socket carries no organization to judge it by.
-on_every_backend!(
+seeded!(
     a_lock_in_one_organization_refuses_the_user_everywhere,
     defaults,
     |env: TestEnv| async move {

@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::client::{self, Options, Transport};
-use common::wire;
 use common::{Backend, TestEnv};
+use common::{engine_io, wire};
 use futures_util::{SinkExt, StreamExt};
 use sockgate::config::Config;
 use tokio_tungstenite::tungstenite::Message;
@@ -91,8 +91,8 @@ on_both_backends!(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Websocket: the refusal, then the close.
-        let mut ws = wire::open(&env.server.local_addr, "").await.unwrap();
-        wire::send_connect(&mut ws).await.unwrap();
+        let mut ws = engine_io::open(&env.server.local_addr, "").await.unwrap();
+        engine_io::send_connect(&mut ws).await.unwrap();
         let mut seen = Vec::new();
         while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await
         {
@@ -160,8 +160,10 @@ on_both_backends!(
     |env: TestEnv| async move {
         let started = Instant::now();
         for _ in 0..40 {
-            match wire::handshake(&env.server.local_addr, "s%3Aforged.sig").await {
-                Err(wire::HandshakeError::Refused(m)) => assert!(m.contains("Invalid session")),
+            match engine_io::handshake(&env.server.local_addr, "s%3Aforged.sig").await {
+                Err(engine_io::HandshakeError::Refused(m)) => {
+                    assert!(m.contains("Invalid session"))
+                }
                 other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
             }
         }
@@ -183,7 +185,7 @@ on_both_backends!(
             "every refusal is counted"
         );
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let _ = wire::handshake(&env.server.local_addr, "s%3Aforged.sig").await;
+        let _ = engine_io::handshake(&env.server.local_addr, "s%3Aforged.sig").await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rows = env.audit_rows("socket.auth_failed", rows.len() + 1).await;
         let carried: u64 = rows
@@ -209,7 +211,7 @@ on_both_backends!(
         let huge_auth = format!(r#"40{{"sessionId":"{}"}}"#, "A".repeat(64 * 1024));
         // Websocket: a CONNECT over the message limit closes the connection
         // without an answer to it.
-        let mut ws = wire::open(&env.server.local_addr, "").await.unwrap();
+        let mut ws = engine_io::open(&env.server.local_addr, "").await.unwrap();
         let _ = ws.send(Message::text(huge_auth.clone())).await;
         let mut answered = false;
         while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await
@@ -225,7 +227,7 @@ on_both_backends!(
         let status = post(&env, &http, &sid, huge_auth).await;
         assert_ne!(status, 200);
         // A frame over the frame limit (inside the message limit) too.
-        let mut ws = wire::handshake(&env.server.local_addr, &minted.cookie_value)
+        let mut ws = engine_io::handshake(&env.server.local_addr, &minted.cookie_value)
             .await
             .unwrap();
         let _ = ws
@@ -370,7 +372,7 @@ on_both_backends!(
         // A websocket counts for as long as it is open.
         let minted = env.mint("72").await;
         let sockets: Vec<_> = futures_util::future::join_all(
-            (0..3).map(|_| wire::handshake(&addr, &minted.cookie_value)),
+            (0..3).map(|_| engine_io::handshake(&addr, &minted.cookie_value)),
         )
         .await
         .into_iter()

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod ceiling;
+#[path = "../../tests/common/engine_io.rs"]
+mod engine_io;
 #[path = "../../tests/common/unlimited_env.rs"]
 mod unlimited_env;
 
@@ -16,7 +18,6 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub const SECRET: &str = "bench-secret";
 
@@ -221,54 +222,7 @@ impl Metrics {
     }
 }
 
-pub type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-#[derive(Debug)]
-pub enum HandshakeError {
-    Refused(String),
-    Transport(String),
-}
-
-/// One authenticated Socket.IO connection over a websocket: engine.io open
-/// packet, namespace CONNECT, and the server's CONNECT or CONNECT_ERROR.
-pub async fn handshake(addr: &SocketAddr, cookie: &str) -> Result<Ws, HandshakeError> {
-    let mut req = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket")
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("cookie", format!("connect.sid={cookie}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .map_err(|e| HandshakeError::Transport(e.to_string()))?;
-    let text = |m: Option<Result<Message, _>>| match m {
-        Some(Ok(Message::Text(t))) => Ok(t.to_string()),
-        other => Err(HandshakeError::Transport(format!("{other:?}"))),
-    };
-    let open = text(ws.next().await)?;
-    if !open.starts_with('0') {
-        return Err(HandshakeError::Transport(format!("no open packet: {open}")));
-    }
-    ws.send(Message::text("40"))
-        .await
-        .map_err(|e| HandshakeError::Transport(e.to_string()))?;
-    loop {
-        let reply = text(ws.next().await)?;
-        if reply == "2" {
-            ws.send(Message::text("3"))
-                .await
-                .map_err(|e| HandshakeError::Transport(e.to_string()))?;
-        } else if reply.starts_with("40") {
-            return Ok(ws);
-        } else if reply.starts_with("44") {
-            return Err(HandshakeError::Refused(reply));
-        } else {
-            return Err(HandshakeError::Transport(format!(
-                "unexpected packet: {reply}"
-            )));
-        }
-    }
-}
+pub use engine_io::{HandshakeError, Ws, handshake};
 
 /// One authenticated Socket.IO connection over HTTP long-polling: the
 /// handshake GET (which carries the cookie the server authenticates), the

@@ -5,6 +5,7 @@
 pub mod app_schemas;
 pub mod client;
 pub mod containers;
+pub mod engine_io;
 pub mod pg;
 pub mod process;
 pub mod redis;
@@ -139,30 +140,48 @@ impl Drop for TestDb {
     }
 }
 
+/// The one test generator behind the macros below: a module `$name` with
+/// a test `$test` per backend, each running `$run(backend)`.
+#[allow(unused_macros)]
+macro_rules! backend_tests {
+    ($name:ident, $run:expr, [$($test:ident => $backend:expr),+ $(,)?]) => {
+        mod $name {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    ($run)($backend).await;
+                }
+            )+
+        }
+    };
+}
+
+/// A server on `backend` configured by `$tweak`, handed to `$body`; a
+/// PostgreSQL that cannot be found skips loudly (fails under
+/// SOCKGATE_REQUIRE_PG), SQLite never skips.
+#[allow(unused_macros)]
+macro_rules! with_env {
+    ($tweak:expr, $body:expr) => {
+        |backend: Backend| async move {
+            let Some(env) = TestEnv::start_with(backend, $tweak).await else {
+                assert!(!matches!(backend, Backend::Sqlite), "SQLite always starts");
+                return;
+            };
+            ($body)(env).await;
+        }
+    };
+}
+
 /// A test module `$name` with the same test on SQLite and on the primary
-/// PostgreSQL (skipped loudly, or failing under SOCKGATE_REQUIRE_PG, without
-/// one).
+/// PostgreSQL.
 #[allow(unused_macros)]
 macro_rules! on_both_backends {
     ($name:ident, $body:expr) => {
         on_both_backends!($name, |_: &mut sockgate::config::Config| {}, $body);
     };
     ($name:ident, $tweak:expr, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let env = TestEnv::start_with(Backend::Sqlite, $tweak).await.unwrap();
-                ($body)(env).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(env) = TestEnv::start_with(Backend::PG, $tweak).await else {
-                    return;
-                };
-                ($body)(env).await;
-            }
-        }
+        on_both_backends_raw!($name, with_env!($tweak, $body));
     };
 }
 
@@ -175,28 +194,7 @@ macro_rules! on_every_backend {
         on_every_backend!($name, |_: &mut sockgate::config::Config| {}, $body);
     };
     ($name:ident, $tweak:expr, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let env = TestEnv::start_with(Backend::Sqlite, $tweak).await.unwrap();
-                ($body)(env).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(env) = TestEnv::start_with(Backend::PG, $tweak).await else {
-                    return;
-                };
-                ($body)(env).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres_second() {
-                let Some(env) = TestEnv::start_with(Backend::PG_SECOND, $tweak).await else {
-                    return;
-                };
-                ($body)(env).await;
-            }
-        }
+        on_every_backend_raw!($name, with_env!($tweak, $body));
     };
 }
 
@@ -205,17 +203,7 @@ macro_rules! on_every_backend {
 #[allow(unused_macros)]
 macro_rules! on_both_backends_raw {
     ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                ($body)(Backend::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                ($body)(Backend::PG).await;
-            }
-        }
+        backend_tests!($name, $body, [sqlite => Backend::Sqlite, postgres => Backend::PG]);
     };
 }
 
@@ -223,21 +211,11 @@ macro_rules! on_both_backends_raw {
 #[allow(unused_macros)]
 macro_rules! on_every_backend_raw {
     ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                ($body)(Backend::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                ($body)(Backend::PG).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres_second() {
-                ($body)(Backend::PG_SECOND).await;
-            }
-        }
+        backend_tests!(
+            $name,
+            $body,
+            [sqlite => Backend::Sqlite, postgres => Backend::PG, postgres_second => Backend::PG_SECOND]
+        );
     };
 }
 
@@ -246,17 +224,11 @@ macro_rules! on_every_backend_raw {
 #[allow(unused_macros)]
 macro_rules! on_both_majors {
     ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                ($body)(common::PgServer::Primary).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres_second() {
-                ($body)(common::PgServer::Second).await;
-            }
-        }
+        backend_tests!(
+            $name,
+            $body,
+            [postgres => common::PgServer::Primary, postgres_second => common::PgServer::Second]
+        );
     };
 }
 
