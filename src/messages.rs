@@ -6,3 +6,4 @@ pub const INTERNAL_ERROR: &str = "Internal server error";
 pub const ORIGIN_NOT_ALLOWED: &str = "Origin not allowed";
 pub const TOO_MANY_CONNECTIONS: &str = "Too many connections";
 pub const TOO_MANY_HANDSHAKES: &str = "Too many handshakes";
+pub const NOT_FOUND: &str = "Not found";

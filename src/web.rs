@@ -59,7 +59,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 }
 
 async fn not_found() -> impl IntoResponse {
-    (StatusCode::NOT_FOUND, "Not found")
+    (StatusCode::NOT_FOUND, crate::messages::NOT_FOUND)
 }
 
 #[derive(Deserialize)]
