@@ -209,8 +209,8 @@ fn find_second() -> Option<String> {
             match containers::postgres("second", "SOCKGATE_TEST_PG_SECOND_IMAGE", "postgres:15") {
                 Ok(url) => Some(started(url)),
                 Err(why) => {
-                    loud(&format!(
-                        "no second PostgreSQL major version for the tests ({why}; set SOCKGATE_TEST_PG_SECOND_URL or start a Docker daemon)"
+                    containers::announce(&format!(
+                        "\n!!!!!!!! no second PostgreSQL major version for the tests ({why}; set SOCKGATE_TEST_PG_SECOND_URL or start a Docker daemon)\n!!!!!!!! the postgres_second tests are SKIPPED in this run\n"
                     ));
                     None
                 }
