@@ -45,17 +45,10 @@ async fn connect(env: &TestEnv, transport: Transport, cookie: &str) -> client::T
 }
 
 async fn post_disconnect(env: &TestEnv, guest: &str, cookie: Option<&str>) -> (u16, Value) {
-    let mut req = common::http().post(format!("{}/api/admin/guest/{guest}/disconnect", env.url()));
-    if let Some(cookie) = cookie {
-        req = req.header("Cookie", cookie);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let url = format!("{}/api/admin/guest/{guest}/disconnect", env.url());
+    sockgate_conformance::cases::post_json(&common::http(), &url, cookie, None, None)
+        .await
+        .unwrap()
 }
 
 async fn lock_state(
@@ -419,20 +412,29 @@ async fn a_missing_sockgate_schema_is_named() {
     .await;
 }
 
+/// The app's database on the primary PostgreSQL with `schema`'s mapping
+/// file written (in the returned directory) and `sockgate migrate` run.
+async fn migrated_beside(
+    schema: &AppSchema,
+) -> Option<(common::TestDb, tempfile::TempDir, std::path::PathBuf)> {
+    let db = app_database(Backend::PG, schema).await?;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sockgate.toml");
+    std::fs::write(&path, schema.mapping).unwrap();
+    let mut config = common::test_config(&db);
+    config.config_file = Some(path.clone());
+    let database = sockgate::db::connect(&config).await.unwrap();
+    sockgate::db::migrate(&config, &database).await.unwrap();
+    Some((db, dir, path))
+}
+
 /// `sockgate check` on a good deployment prints what sockgate relies on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_prints_what_sockgate_relies_on() {
     for schema in [&DRIZZLE, &SNAKE] {
-        let Some(db) = app_database(Backend::PG, schema).await else {
+        let Some((db, _dir, path)) = migrated_beside(schema).await else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sockgate.toml");
-        std::fs::write(&path, schema.mapping).unwrap();
-        let mut config = common::test_config(&db);
-        config.config_file = Some(path.clone());
-        let database = sockgate::db::connect(&config).await.unwrap();
-        sockgate::db::migrate(&config, &database).await.unwrap();
         let (ok, text) = check(&db, &path, &[]);
         assert!(ok, "{text}");
         for needle in [
@@ -470,16 +472,9 @@ async fn check_prints_what_sockgate_relies_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_overrides_the_mapping_file() {
     let schema = &DRIZZLE;
-    let Some(db) = app_database(Backend::PG, schema).await else {
+    let Some((db, _dir, path)) = migrated_beside(schema).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sockgate.toml");
-    std::fs::write(&path, schema.mapping).unwrap();
-    let mut config = common::test_config(&db);
-    config.config_file = Some(path.clone());
-    let database = sockgate::db::connect(&config).await.unwrap();
-    sockgate::db::migrate(&config, &database).await.unwrap();
     assert!(check(&db, &path, &[]).0, "the file alone is good");
     let (ok, text) = check(&db, &path, &[("SOCKGATE_GUESTS__SOFT_LOCKED", "isLocked")]);
     assert!(

@@ -67,23 +67,10 @@ async fn post_disconnect(
     body: Option<Value>,
     origin: Option<&str>,
 ) -> (u16, Value) {
-    let mut req = common::http().post(format!("{base}/api/admin/guest/{guest}/disconnect"));
-    if let Some(cookie) = cookie {
-        req = req.header("Cookie", cookie);
-    }
-    if let Some(origin) = origin {
-        req = req.header("Origin", origin);
-    }
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let url = format!("{base}/api/admin/guest/{guest}/disconnect");
+    sockgate_conformance::cases::post_json(&common::http(), &url, cookie.as_deref(), origin, body)
+        .await
+        .unwrap()
 }
 
 async fn cookie_of(env: &TestEnv, user: &str) -> String {

@@ -337,14 +337,17 @@ pub async fn origin_denied(s: &Suite, t: Transport, origin: &str) -> Result<(), 
     }
 }
 
-async fn post(
-    s: &Suite,
+/// POSTs `body` (JSON, if any) with a `Cookie` and an `Origin` header (if
+/// any): the status and the answer, as JSON when it parses, else as text.
+/// The tests' admin-route calls use it too.
+pub async fn post_json(
+    http: &reqwest::Client,
     url: &str,
     cookie: Option<&str>,
     origin: Option<&str>,
     body: Option<Value>,
 ) -> Result<(u16, Value), String> {
-    let mut req = s.http.post(url);
+    let mut req = http.post(url);
     if let Some(cookie) = cookie {
         req = req.header("Cookie", cookie);
     }
@@ -372,7 +375,14 @@ const NO_SUCH_GUEST: i64 = i64::MAX;
 pub async fn origin_denied_admin_route(s: &Suite, origin: &str) -> Result<(), String> {
     // Without a session the route answers 401; from a denied origin the
     // Origin check must answer first.
-    let (status, body) = post(s, &s.admin_url(NO_SUCH_GUEST), None, Some(origin), None).await?;
+    let (status, body) = post_json(
+        &s.http,
+        &s.admin_url(NO_SUCH_GUEST),
+        None,
+        Some(origin),
+        None,
+    )
+    .await?;
     if status != 403 {
         return Err(format!(
             "POST to the admin route from {origin}: HTTP {status} {body}, expected 403"
@@ -454,13 +464,13 @@ pub async fn admin_route_refusals(s: &Suite, org: &GuestOrg) -> Result<(), Strin
     let url = s.admin_url(&guest.id);
     expect_refusal(
         "without a session",
-        post(s, &url, None, None, None).await?,
+        post_json(&s.http, &url, None, None, None).await?,
         401,
     )?;
     expect_refusal(
         "an unknown guest",
-        post(
-            s,
+        post_json(
+            &s.http,
             &s.admin_url(NO_SUCH_GUEST),
             Some(&org.admin.cookie),
             None,
@@ -475,7 +485,7 @@ pub async fn admin_route_refusals(s: &Suite, org: &GuestOrg) -> Result<(), Strin
         .await?;
     expect_refusal(
         "a caller who is not an admin of the guest's organization",
-        post(s, &url, Some(&outsider.cookie), None, None).await?,
+        post_json(&s.http, &url, Some(&outsider.cookie), None, None).await?,
         403,
     )
 }
@@ -492,8 +502,8 @@ pub async fn guest_lock(
             .await
             .map_err(|e| format!("the guest was refused before the lock: {e}{}", hint(&e)))?;
         let reason = format!("sockgate conformance run {}", s.fixtures.run);
-        let (status, body) = post(
-            s,
+        let (status, body) = post_json(
+            &s.http,
             &s.admin_url(&guest.id),
             Some(&org.admin.cookie),
             None,

@@ -66,7 +66,10 @@ fn keep<I: Image>(container: ContainerAsync<I>) {
     std::mem::forget(container);
 }
 
-fn on_own_runtime<T: Send + 'static>(
+/// Runs `work` to completion on a runtime of its own, on a thread of its
+/// own: callers may be inside a test's runtime, and what it starts (a
+/// container) must outlive that runtime.
+pub fn on_own_runtime<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
 ) -> Result<T, String> {
     std::thread::spawn(move || {
@@ -80,6 +83,28 @@ fn on_own_runtime<T: Send + 'static>(
     .map_err(|_| "the container thread panicked".to_owned())?
 }
 
+/// Starts `image` as `name:tag` and finds the host and the host port that
+/// `port` inside the container is mapped to.
+async fn start<I: Image>(
+    image: I,
+    name: &str,
+    tag: &str,
+    port: u16,
+) -> Result<(ContainerAsync<I>, String, u16), String> {
+    let node = image
+        .with_name(name)
+        .with_tag(tag)
+        .start()
+        .await
+        .map_err(|e| format!("starting {name}:{tag}: {e}"))?;
+    let host = node.get_host().await.map_err(|e| e.to_string())?;
+    let mapped = node
+        .get_host_port_ipv4(port)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((node, host.to_string(), mapped))
+}
+
 /// A PostgreSQL server in a container of the image named in `image_var`
 /// (default `default`), as an admin URL; `role` says which of the tests'
 /// servers it is, for the announcement.
@@ -91,18 +116,8 @@ pub fn postgres(role: &str, image_var: &str, default: &str) -> Result<String, St
     let role = role.to_owned();
     on_own_runtime(async move {
         let started = std::time::Instant::now();
-        let node = Postgres::default()
-            .with_host_auth()
-            .with_name(name.clone())
-            .with_tag(tag.clone())
-            .start()
-            .await
-            .map_err(|e| format!("starting {name}:{tag}: {e}"))?;
-        let host = node.get_host().await.map_err(|e| e.to_string())?;
-        let port = node
-            .get_host_port_ipv4(5432)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (node, host, port) =
+            start(Postgres::default().with_host_auth(), &name, &tag, 5432).await?;
         let url = format!("postgres://postgres@{host}:{port}/postgres");
         let version = super::pg::server_version(&url).await?;
         announce(&format!(
@@ -123,17 +138,7 @@ pub fn redis() -> Result<String, String> {
     let (name, tag) = image("SOCKGATE_TEST_REDIS_IMAGE", "redis:7");
     on_own_runtime(async move {
         let started = std::time::Instant::now();
-        let node = Redis::default()
-            .with_name(name.clone())
-            .with_tag(tag.clone())
-            .start()
-            .await
-            .map_err(|e| format!("starting {name}:{tag}: {e}"))?;
-        let host = node.get_host().await.map_err(|e| e.to_string())?;
-        let port = node
-            .get_host_port_ipv4(6379)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (node, host, port) = start(Redis::default(), &name, &tag, 6379).await?;
         announce(&format!(
             "Redis for the tests: container {name}:{tag} at {host}:{port}, ready in {:.1} s",
             started.elapsed().as_secs_f64()

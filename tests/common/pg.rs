@@ -237,16 +237,8 @@ fn announce_url(role: &str, url: &str) {
         })
         .unwrap_or_else(|_| "?".into());
     let url = url.to_owned();
-    let version = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?
-            .block_on(server_version(&url))
-    })
-    .join()
-    .unwrap_or_else(|_| Err("panicked".into()))
-    .unwrap_or_else(|e| format!("version unknown: {e}"));
+    let version = containers::on_own_runtime(async move { server_version(&url).await })
+        .unwrap_or_else(|e| format!("version unknown: {e}"));
     containers::announce(&format!(
         "PostgreSQL for the tests ({role}): {shown} ({version})"
     ));
@@ -496,25 +488,19 @@ impl Cluster {
 
     fn wait_ready(&self, limit: Duration) -> Result<(), String> {
         let url = self.url();
-        // Its own thread and runtime: callers may be inside a test runtime.
-        std::thread::spawn(move || {
+        // Callers may be inside a test runtime.
+        containers::on_own_runtime(async move {
             let deadline = Instant::now() + limit;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
             loop {
-                if rt.block_on(async { sqlx::PgConnection::connect(&url).await.is_ok() }) {
+                if sqlx::PgConnection::connect(&url).await.is_ok() {
                     return Ok(());
                 }
                 if Instant::now() > deadline {
                     return Err("the throwaway cluster did not become ready".to_owned());
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
-        .join()
-        .map_err(|_| "readiness check panicked".to_owned())?
     }
 }
 
