@@ -6,10 +6,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::prepare::{self, Opened, Purpose};
-use crate::server;
-use crate::session::UserId;
-use crate::session_mint::mint_session;
+use crate::db::prepare::{self, Opened, Purpose};
+use crate::server::start as server;
+use crate::session::mint::mint_session;
+use crate::session::rules::UserId;
 
 #[derive(Parser)]
 #[command(
@@ -69,7 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
     config.validate()?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Check => crate::check::run(&config).await,
+        Command::Check => crate::db::check::run(&config).await,
         Command::Serve => {
             let running = server::spawn(config).await?;
             running.wait_for_ctrl_c().await
@@ -86,17 +86,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.session_table.as_str(),
             );
             if revocation_trigger {
-                crate::revocation::install_trigger(&db.conn, schema, table).await?;
+                crate::background::revocation::install_trigger(&db.conn, schema, table).await?;
                 println!("revocation trigger installed on the session table");
             }
             if remove_revocation_trigger {
-                crate::revocation::remove_trigger(&db.conn, schema, table).await?;
+                crate::background::revocation::remove_trigger(&db.conn, schema, table).await?;
                 println!("revocation trigger removed");
             }
             if let Some(tables) = tables {
                 println!(
                     "sockgate tables are up to date in {}",
-                    crate::check::own_place(&tables.namespace)
+                    crate::db::check::own_place(&tables.namespace)
                 );
             }
             Ok(())
@@ -106,7 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let Opened { db, .. } = prepare::open(&config, Purpose::Mint).await?;
             let ttl = ttl.map_or_else(|| config.session_ttl(), std::time::Duration::from_secs);
-            let store = crate::session_store::SessionStore::new(
+            let store = crate::session::store::SessionStore::new(
                 &db,
                 config.session_schema.as_deref(),
                 &config.session_table,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::origin::{Allowlist, Entry};
-use crate::signature::{Secrets, SecretsError};
+use crate::session::signature::{Secrets, SecretsError};
 
 /// The secret a development server signs with when none is configured. Only
 /// accepted on SQLite: a PostgreSQL deployment must be given the Node app's.
@@ -307,7 +307,7 @@ pub enum ConfigError {
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
     #[error(transparent)]
-    Mapping(#[from] crate::tables::MappingError),
+    Mapping(#[from] crate::db::tables::MappingError),
     #[error("{what}: {entry:?} is not an origin ({error})")]
     BadOrigin {
         what: &'static str,
@@ -342,8 +342,10 @@ impl Config {
     }
 
     /// The declared mapping of the app's tables (empty: sockgate's own).
-    pub fn mapping(&self) -> Result<crate::tables::Mapping, ConfigError> {
-        Ok(crate::tables::Mapping::load(self.config_file.as_deref())?)
+    pub fn mapping(&self) -> Result<crate::db::tables::Mapping, ConfigError> {
+        Ok(crate::db::tables::Mapping::load(
+            self.config_file.as_deref(),
+        )?)
     }
 
     pub fn is_sqlite(&self) -> bool {

@@ -1,6 +1,6 @@
 //! Soft-locked guests: the rules (who may lock whom, what the client is
 //! told), the rows behind them, in the app's tables through the mapping or
-//! in sockgate's own ([`crate::tables`]), and the admin's use case
+//! in sockgate's own ([`crate::db::tables`]), and the admin's use case
 //! ([`authorize`], then [`lock_and_disconnect`]); the HTTP route in `admin`
 //! only parses and answers. The route and the session watcher both end a
 //! guest's sockets through [`disconnect_user`].
@@ -8,13 +8,13 @@
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 use serde_json::json;
 
-use crate::catalog::Kind;
-use crate::sql::{Sql, as_id};
-use crate::tables::{Col, Tables};
+use crate::db::catalog::Kind;
+use crate::db::sql::{Sql, as_id};
+use crate::db::tables::{Col, Tables};
 
-use crate::audit::{self, AuditEvent, AuditLog, Severity};
-use crate::fleet::{FleetCell, FleetError, Notice, Scope};
-use crate::session::UserId;
+use crate::audit::writer::{self as audit, AuditEvent, AuditLog, Severity};
+use crate::live::fleet::{FleetCell, FleetError, Notice, Scope};
+use crate::session::rules::UserId;
 
 pub const GUEST_LOCKED_EVENT: &str = "guest:locked";
 pub const DEFAULT_REASON: &str = "Your guest access has been revoked by an admin";

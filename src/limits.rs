@@ -196,6 +196,7 @@ impl ConnectionCounter {
         })
     }
 
+    #[cfg(test)]
     pub fn open_from(&self, ip: IpAddr) -> usize {
         self.open.lock().unwrap().get(&ip).copied().unwrap_or(0)
     }

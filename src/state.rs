@@ -5,16 +5,16 @@
 
 use std::sync::Arc;
 
-use crate::audit::AuditLog;
-use crate::auth::Authenticator;
+use crate::audit::writer::AuditLog;
+use crate::background::watcher::Watcher;
 use crate::config::Config;
-use crate::fleet::FleetCell;
+use crate::db::tables::Tables;
 use crate::limits::{PerClientRate, RefusalLog, ViolationLog};
+use crate::live::fleet::FleetCell;
+use crate::live::registry::Registry;
 use crate::metrics::Metrics;
 use crate::origin::Allowlist;
-use crate::registry::Registry;
-use crate::tables::Tables;
-use crate::watcher::Watcher;
+use crate::session::auth::Authenticator;
 
 /// Everything a request or socket handler needs, cheap to clone.
 #[derive(Clone)]

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 /// A session of `user` as the app writes it after a login.
 async fn session_of(env: &TestEnv, schema: &AppSchema, user: &str) -> String {
-    let sid = sockgate::session_mint::new_sid();
+    let sid = sockgate::session::new_sid();
     let passport_user = if schema.numeric_users {
         json!(user.parse::<i64>().unwrap())
     } else {
@@ -181,7 +181,7 @@ async fn beside(backend: Backend, schema: &'static AppSchema) {
     let (locked, reason, has_time) = lock_state(&env, schema, schema.guest).await;
     assert!(locked, "the app's soft-lock flag is set");
     if schema.lock_query.contains("lockReason") {
-        assert_eq!(reason.as_deref(), Some(sockgate::guests::DEFAULT_REASON));
+        assert_eq!(reason.as_deref(), Some(sockgate::DEFAULT_REASON));
         assert!(has_time, "the lock time is set");
     }
     // Idempotent: a second call locks nothing new and finds no socket.

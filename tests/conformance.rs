@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Backend, TestEnv};
 use sea_orm::{ConnectionTrait, Statement};
-use sockgate::config::Config;
+use sockgate::Config;
 use sockgate_conformance::{self as conformance, Options, Outcome, Report};
 
 const ALLOWED: &str = "http://allowed.conformance.test";

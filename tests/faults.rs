@@ -18,7 +18,7 @@ use common::pg::OwnCluster;
 use common::wire;
 use common::{TestDb, TestEnv};
 use serde_json::{Value, json};
-use sockgate::config::{AdapterKind, Config};
+use sockgate::{AdapterKind, Config};
 use tokio::io::AsyncWriteExt;
 
 /// One fault test at a time, whatever `--test-threads` says.

@@ -34,10 +34,10 @@ const GUEST: i64 = 20;
 /// Guests 1000.. with users g1000.., one per ordering trial.
 const TRIAL_GUESTS: i64 = 1000;
 
-fn defaults(_: &mut sockgate::config::Config) {}
+fn defaults(_: &mut sockgate::Config) {}
 
 /// Waves of concurrent trials queue for connections on a small pool.
-fn patient_pool(c: &mut sockgate::config::Config) {
+fn patient_pool(c: &mut sockgate::Config) {
     c.db_acquire_timeout_ms = 10_000;
 }
 
@@ -351,7 +351,7 @@ seeded!(
 
 seeded!(
     a_guest_locked_behind_the_servers_back_is_found_by_the_watcher,
-    |c: &mut sockgate::config::Config| c.session_check_interval = Duration::from_millis(300),
+    |c: &mut sockgate::Config| c.session_check_interval = Duration::from_millis(300),
     |env: TestEnv| async move {
         let mut c = connect_as(
             &env,
@@ -444,10 +444,8 @@ seeded!(
 /// given adapter: a lock requested on node A reaches the guest on node B.
 async fn two_nodes(adapter: &[(&str, &str)]) {
     // The in-process server only prepares the database; it stays out of the cluster.
-    let Some(env) = TestEnv::start_with(Backend::PG, |c| {
-        c.adapter = sockgate::config::AdapterKind::Local
-    })
-    .await
+    let Some(env) =
+        TestEnv::start_with(Backend::PG, |c| c.adapter = sockgate::AdapterKind::Local).await
     else {
         return;
     };

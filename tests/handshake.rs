@@ -84,7 +84,7 @@ on_every_backend!(rotated_secret_still_verifies, |env: TestEnv| async move {
     let minted = env.mint("5").await;
     let old = format!(
         "s:{}",
-        sockgate::signature::sign(&minted.sid, common::OLD_SECRET)
+        sockgate::session::sign(&minted.sid, common::OLD_SECRET)
     );
     let mut c = client::connect(
         &env.url(),
@@ -135,7 +135,7 @@ on_every_backend!(
         let minted = env.mint("42").await;
         let forged = format!(
             "s:{}",
-            sockgate::signature::sign(&minted.sid, "attacker-secret")
+            sockgate::session::sign(&minted.sid, "attacker-secret")
         );
         let tampered = minted.cookie_value.replace("s%3A", "s%3Ax");
         let values = [

@@ -2,8 +2,8 @@
 //! (fixtures/generate-vectors.js: cookie-signature, cookie, express-session).
 
 use serde::Deserialize;
-use sockgate::session_id::{extract_session_id, parse_cookie};
-use sockgate::signature::{Secrets, sign, unsign};
+use sockgate::session::{Secrets, sign, unsign};
+use sockgate::session::{extract_session_id, parse_cookie};
 
 #[derive(Deserialize)]
 struct Vectors {

@@ -11,7 +11,7 @@ use common::client::{self, Options, Transport};
 use common::{Backend, TestEnv};
 use common::{engine_io, wire};
 use futures_util::{SinkExt, StreamExt};
-use sockgate::config::Config;
+use sockgate::Config;
 use tokio_tungstenite::tungstenite::Message;
 
 fn polling(env: &TestEnv, sid: Option<&str>) -> String {

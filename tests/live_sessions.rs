@@ -11,7 +11,7 @@ use common::{Backend, TestEnv, now_secs};
 use sea_orm::EntityTrait;
 use serde_json::json;
 
-fn fast_checks(config: &mut sockgate::config::Config) {
+fn fast_checks(config: &mut sockgate::Config) {
     config.session_check_interval = Duration::from_millis(300);
     config.session_refresh_window = Duration::from_secs(0);
 }
@@ -111,7 +111,7 @@ on_every_backend!(
 
 on_every_backend!(
     expiring_session_is_extended_and_stays_connected,
-    |config: &mut sockgate::config::Config| {
+    |config: &mut sockgate::Config| {
         config.session_check_interval = Duration::from_millis(300);
         config.session_refresh_window = Duration::from_secs(30);
     },
@@ -168,7 +168,7 @@ on_every_backend!(
 
 on_every_backend!(
     a_session_without_a_cookie_expiry_keeps_none,
-    |config: &mut sockgate::config::Config| {
+    |config: &mut sockgate::Config| {
         config.session_check_interval = Duration::from_millis(300);
         config.session_refresh_window = Duration::from_secs(30);
     },
@@ -235,7 +235,7 @@ on_every_backend!(
 // The re-check is batched: one query for many sessions.
 on_every_backend!(
     one_query_per_tick_for_many_sessions,
-    |config: &mut sockgate::config::Config| {
+    |config: &mut sockgate::Config| {
         config.session_check_interval = Duration::from_secs(3600);
     },
     |env: TestEnv| async move {
@@ -310,7 +310,7 @@ async fn expire_of(env: &TestEnv, sid: &str) -> i64 {
 // refresh of everyone else go on.
 on_every_backend!(
     one_bad_row_cannot_stall_the_node,
-    |c: &mut sockgate::config::Config| {
+    |c: &mut sockgate::Config| {
         c.session_check_interval = Duration::from_millis(300);
         c.session_refresh_window = Duration::from_secs(3600);
     },

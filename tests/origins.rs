@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const ALLOWED: &str = "http://allowed.test:8080";
 
-fn allowlist(config: &mut sockgate::config::Config) {
+fn allowlist(config: &mut sockgate::Config) {
     config.allowed_origins = Some(format!("{ALLOWED}, https://*.tenant.test"));
 }
 
@@ -167,7 +167,7 @@ on_both_backends!(
 
 on_both_backends!(
     missing_origin_can_be_required,
-    |c: &mut sockgate::config::Config| {
+    |c: &mut sockgate::Config| {
         allowlist(c);
         c.require_origin = true;
     },
@@ -250,7 +250,7 @@ on_both_backends!(
 
 #[tokio::test]
 async fn default_allowlist_is_the_app_url_then_the_servers_own() {
-    let mut c = sockgate::config::Config::for_database("sqlite::memory:");
+    let mut c = sockgate::Config::for_database("sqlite::memory:");
     c.allowed_origins = None;
     c.app_url = Some("https://app.example.com/some/path".into());
     let l = c.allowlist().unwrap();

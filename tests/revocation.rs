@@ -53,7 +53,7 @@ async fn env_with_trigger(server: PgServer) -> Option<TestEnv> {
         c.session_check_interval = Duration::from_secs(3600);
     })
     .await?;
-    sockgate::revocation::install_trigger(env.conn(), None, "session")
+    sockgate::install_trigger(env.conn(), None, "session")
         .await
         .unwrap();
     // Let the listener subscribe.
@@ -163,14 +163,14 @@ async fn trigger_is_opt_in_and_removable_on(server: PgServer) {
         .0
     };
     assert_eq!(count().await, 0, "not installed by default");
-    sockgate::revocation::install_trigger(env.conn(), None, "session")
+    sockgate::install_trigger(env.conn(), None, "session")
         .await
         .unwrap();
-    sockgate::revocation::install_trigger(env.conn(), None, "session")
+    sockgate::install_trigger(env.conn(), None, "session")
         .await
         .unwrap();
     assert_eq!(count().await, 1, "installing twice leaves one trigger");
-    sockgate::revocation::remove_trigger(env.conn(), None, "session")
+    sockgate::remove_trigger(env.conn(), None, "session")
         .await
         .unwrap();
     assert_eq!(count().await, 0);

@@ -5,7 +5,7 @@
 mod common;
 
 use common::PgServer;
-use sockgate::zone_probe::{ProbeError, default_zone};
+use sockgate::db::{ProbeError, default_zone};
 
 fn with_sslmode(url: &str, mode: &str) -> String {
     let mut url = url::Url::parse(url).unwrap();

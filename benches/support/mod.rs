@@ -53,7 +53,7 @@ impl BenchDb {
             url: url.to_string(),
             name,
         };
-        let mut config = sockgate::config::Config::for_database(db.url.clone());
+        let mut config = sockgate::Config::for_database(db.url.clone());
         config.secrets = vec![SECRET.into()];
         let conn = sockgate::db::connect(&config).await.unwrap();
         sockgate::db::migrate(&config, &conn).await.unwrap();
@@ -85,7 +85,7 @@ impl BenchDb {
             .map(|i| {
                 let signed = format!(
                     "s:{}",
-                    sockgate::signature::sign(&format!("bench-{i}"), SECRET)
+                    sockgate::session::sign(&format!("bench-{i}"), SECRET)
                 );
                 percent_encoding::utf8_percent_encode(&signed, percent_encoding::NON_ALPHANUMERIC)
                     .to_string()

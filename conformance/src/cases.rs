@@ -123,7 +123,7 @@ pub async fn bad_signature(s: &Suite, t: Transport) -> Result<(), String> {
     let forged = [
         (
             "signed with another secret",
-            format!("s:{}", sockgate::signature::sign(sid, WRONG_SECRET)),
+            format!("s:{}", sockgate::session::sign(sid, WRONG_SECRET)),
         ),
         (
             "session id altered under its signature",
@@ -145,7 +145,7 @@ pub async fn bad_signature(s: &Suite, t: Transport) -> Result<(), String> {
 }
 
 pub async fn unknown_sid(s: &Suite, t: Transport) -> Result<(), String> {
-    let signed = s.fixtures.sign(&sockgate::session_mint::new_sid());
+    let signed = s.fixtures.sign(&sockgate::session::new_sid());
     let hs = Handshake {
         cookie: Some(s.fixtures.cookie(&signed)),
         ..Default::default()
@@ -201,7 +201,7 @@ pub async fn valid_cookie(s: &Suite, t: Transport) -> Result<(), String> {
 pub async fn auth_session_id(s: &Suite, t: Transport) -> Result<(), String> {
     let user = s.fixtures.user("user");
     let live = s.fixtures.logged_in(&user, HOUR).await?;
-    let encoded = sockgate::session_mint::cookie_value(&live.signed);
+    let encoded = sockgate::session::cookie_value(&live.signed);
     for (what, value) in [("raw", live.signed.clone()), ("URL-encoded", encoded)] {
         let hs = Handshake {
             auth: Some(json!({ "userId": "evil", "sessionId": value })),

@@ -18,14 +18,14 @@ use serde_json::Value;
 use sha2::Digest;
 
 use super::rows::{Fill, RowWriter};
-use sockgate::sql::IdKind;
-use sockgate::tables::Tables;
+use sockgate::db::IdKind;
+use sockgate::db::Tables;
 
-use sockgate::config::Config;
+use sockgate::Config;
 use sockgate::db::Database;
+use sockgate::session::Secrets;
+use sockgate::session::SessionStore;
 use sockgate::session::UserId;
-use sockgate::session_store::SessionStore;
-use sockgate::signature::Secrets;
 
 /// The prefix of every user id (and organization name) the suite creates.
 pub const PREFIX: &str = "conformance-";
@@ -91,14 +91,14 @@ impl Fixtures {
             &config.session_table,
         )
         .await?;
-        let tables = Arc::new(sockgate::prepare::check_tables(config, &db).await?);
+        let tables = Arc::new(sockgate::db::check_tables(config, &db).await?);
         let store = SessionStore::new(
             &db,
             config.session_schema.as_deref(),
             &config.session_table,
             Some(tables.clone()),
         );
-        let run = sockgate::session_mint::new_sid()
+        let run = sockgate::session::new_sid()
             .chars()
             .filter(char::is_ascii_alphanumeric)
             .take(10)
@@ -165,7 +165,7 @@ impl Fixtures {
         format!(
             "{}={}",
             self.config.cookie_name,
-            sockgate::session_mint::cookie_value(signed)
+            sockgate::session::cookie_value(signed)
         )
     }
 
@@ -183,21 +183,17 @@ impl Fixtures {
     /// passport + connect-pg-simple write one after a login
     /// (`session_mint::mint_session`).
     pub async fn logged_in(&self, user: &str, ttl: Duration) -> Result<Session, String> {
-        let minted = sockgate::session_mint::mint_session(
-            &self.store,
-            &self.secrets,
-            &UserId::new(user),
-            ttl,
-        )
-        .await
-        .map_err(|e| format!("writing a session row: {e:#}"))?;
+        let minted =
+            sockgate::session::mint_session(&self.store, &self.secrets, &UserId::new(user), ttl)
+                .await
+                .map_err(|e| format!("writing a session row: {e:#}"))?;
         self.created().sids.push(minted.sid.clone());
         Ok(self.session(minted.sid, minted.expires_at.timestamp()))
     }
 
     /// Any session row, written with connect-pg-simple's `set`.
     pub async fn raw(&self, sess: &Value, expire_secs: i64) -> Result<Session, String> {
-        let sid = sockgate::session_mint::new_sid();
+        let sid = sockgate::session::new_sid();
         self.created().sids.push(sid.clone());
         self.store
             .upsert(&sid, sess, expire_secs)
@@ -243,7 +239,7 @@ impl Fixtures {
         let mut rows = self.rows.lock().await;
         // The organization: a row where the guest table's foreign key
         // points, else an id of the column's type nobody uses.
-        let fks = sockgate::catalog::foreign_keys(self.conn(), guest_schema, &g.table_name)
+        let fks = sockgate::db::foreign_keys(self.conn(), guest_schema, &g.table_name)
             .await
             .map_err(|e| format!("{}: {e}", g.table))?;
         let org = match fks.iter().find(|k| k.column == g.organization_id.name) {
@@ -258,7 +254,7 @@ impl Fixtures {
             }
             None => match g.organization_id.id_kind() {
                 IdKind::Integer => super::rows::random_int().to_string(),
-                IdKind::Uuid => sockgate::sql::new_uuid(),
+                IdKind::Uuid => sockgate::db::new_uuid(),
                 IdKind::Text => format!("{PREFIX}{}", self.run),
             },
         };

@@ -21,7 +21,7 @@ use futures_util::FutureExt;
 
 use client::Transport;
 use fixtures::Fixtures;
-use sockgate::config::Config;
+use sockgate::Config;
 
 /// What to test and how to reach it.
 #[derive(Clone)]

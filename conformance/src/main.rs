@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser};
-use sockgate::config::Config;
+use sockgate::Config;
 use sockgate_conformance::{Options, Suite};
 
 #[derive(Parser)]

@@ -10,8 +10,8 @@
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 
-use sockgate::catalog::{self, CatalogColumn, Kind};
-use sockgate::sql::{IdKind, Sql, as_id, ident, qualified};
+use sockgate::db::{self as catalog, CatalogColumn, Kind};
+use sockgate::db::{IdKind, Sql, as_id, ident, qualified};
 
 /// A value for a column, turned into SQL of the column's type.
 #[derive(Debug, Clone)]
@@ -214,7 +214,7 @@ impl RowWriter {
         Ok(match column.kind {
             Kind::Integer => Fill::Text(random_int().to_string()),
             Kind::Text => Fill::Text(format!("{}-{n}", self.tag)),
-            Kind::Uuid => Fill::Text(sockgate::sql::new_uuid()),
+            Kind::Uuid => Fill::Text(sockgate::db::new_uuid()),
             Kind::Boolean => Fill::Bool(false),
             Kind::Json | Kind::Timestamp | Kind::TimestampTz | Kind::Inet => {
                 Fill::Text(String::new())

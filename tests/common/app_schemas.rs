@@ -8,7 +8,7 @@
 //!     `guest`, `audit_log`), sessions holding `passport.user` as a number.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
-use sockgate::config::Config;
+use sockgate::Config;
 
 use super::{Backend, TestDb};
 

@@ -15,10 +15,10 @@ pub mod wire;
 use std::time::Duration;
 
 use chrono::Utc;
-use sockgate::config::Config;
+use sockgate::Config;
 use sockgate::server::{self, RunningServer};
 use sockgate::session::UserId;
-use sockgate::session_mint::{Minted, mint_session};
+use sockgate::session::{Minted, mint_session};
 use sqlx::Connection;
 
 pub const SECRET: &str = "test-secret-new";
@@ -69,7 +69,7 @@ impl TestDb {
                 let admin = pg::admin_url_of(server)?;
                 let name = format!(
                     "sgt_{}",
-                    sockgate::session_mint::new_sid()
+                    sockgate::session::new_sid()
                         .to_lowercase()
                         .replace(['-', '_'], "x")
                 );
@@ -172,7 +172,7 @@ macro_rules! with_env {
 #[allow(unused_macros)]
 macro_rules! on_both_backends {
     ($name:ident, $body:expr) => {
-        on_both_backends!($name, |_: &mut sockgate::config::Config| {}, $body);
+        on_both_backends!($name, |_: &mut sockgate::Config| {}, $body);
     };
     ($name:ident, $tweak:expr, $body:expr) => {
         on_both_backends_raw!($name, with_env!($tweak, $body));
@@ -185,7 +185,7 @@ macro_rules! on_both_backends {
 #[allow(unused_macros)]
 macro_rules! on_every_backend {
     ($name:ident, $body:expr) => {
-        on_every_backend!($name, |_: &mut sockgate::config::Config| {}, $body);
+        on_every_backend!($name, |_: &mut sockgate::Config| {}, $body);
     };
     ($name:ident, $tweak:expr, $body:expr) => {
         on_every_backend_raw!($name, with_env!($tweak, $body));
@@ -376,7 +376,7 @@ impl TestEnv {
 
     /// The signed, URL-encoded cookie value for `sid` (first secret).
     pub fn cookie_value(&self, sid: &str) -> String {
-        let signed = format!("s:{}", sockgate::signature::sign(sid, SECRET));
+        let signed = format!("s:{}", sockgate::session::sign(sid, SECRET));
         percent_encoding::utf8_percent_encode(&signed, percent_encoding::NON_ALPHANUMERIC)
             .to_string()
     }
@@ -402,7 +402,7 @@ impl TestEnv {
     }
 
     /// The tables the server checked at start.
-    pub fn tables(&self) -> &sockgate::tables::Tables {
+    pub fn tables(&self) -> &sockgate::db::Tables {
         &self.server.state.tables
     }
 

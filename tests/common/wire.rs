@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// The signed, URL-encoded cookie value of `sid` under `secret`.
 pub fn cookie_value(sid: &str, secret: &str) -> String {
-    let signed = format!("s:{}", sockgate::signature::sign(sid, secret));
+    let signed = format!("s:{}", sockgate::session::sign(sid, secret));
     percent_encoding::utf8_percent_encode(&signed, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 

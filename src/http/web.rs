@@ -14,8 +14,8 @@ use serde::Deserialize;
 use tower_http::services::ServeDir;
 
 use crate::config::Config;
-use crate::session::{self, UserId};
-use crate::session_mint::mint_session;
+use crate::session::mint::mint_session;
+use crate::session::rules::{self as session, UserId};
 use crate::state::AppState;
 
 pub const DEV_LOGIN_PATH: &str = "/dev/login";
@@ -71,7 +71,7 @@ struct DevLogin {
 /// `app_user` table).
 async fn dev_user_exists(state: &AppState, user: &str) -> Result<bool, sea_orm::DbErr> {
     use sea_orm::ConnectionTrait;
-    let mut sql = crate::sql::Sql::new(state.tables.backend);
+    let mut sql = crate::db::sql::Sql::new(state.tables.backend);
     let param = sql.bind(user);
     sql.text = format!(
         "SELECT 1 AS one FROM {} WHERE id = {param}",

@@ -9,8 +9,8 @@ use axum::routing::{get, post};
 use socketioxide::adapter::{Emitter, LocalAdapter};
 
 use crate::config::AdapterKind;
-use crate::handshake_request;
-use crate::socket;
+use crate::socket::handshake_request;
+use crate::socket::layer as socket;
 use anyhow::Context;
 
 use crate::state::AppState;
@@ -24,9 +24,9 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/metrics", get(metrics))
         .route(
             "/api/admin/guest/{guest_id}/disconnect",
-            post(crate::admin::disconnect_guest),
+            post(crate::http::admin::disconnect_guest),
         )
-        .merge(crate::web::routes(&state));
+        .merge(crate::http::web::routes(&state));
     let kind = state.config.adapter()?;
     let routes = match kind {
         AdapterKind::Local | AdapterKind::Auto => {
@@ -35,15 +35,15 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
             routes.layer(layer)
         }
         AdapterKind::Postgres => {
-            let pool = crate::db::adapter_pool(&state.config)?;
+            let pool = crate::db::connect::adapter_pool(&state.config)?;
             let ctr = socketioxide_postgres::PostgresAdapterCtr::new_with_driver(
-                crate::pg_adapter::ListenDriver::new(pool),
+                crate::db::adapter::ListenDriver::new(pool),
                 Default::default(),
             );
             let (layer, io) = socket::layer::<
                 socketioxide_postgres::CustomPostgresAdapter<
                     Emitter,
-                    crate::pg_adapter::ListenDriver,
+                    crate::db::adapter::ListenDriver,
                 >,
             >(&state, ctr);
             socket::register(&io)
@@ -72,10 +72,10 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
     let metrics = state.metrics.clone();
     Ok(routes
         .layer(axum::middleware::from_fn(handshake_request::compact))
-        .layer(crate::origin_guard::cors(state.allowlist.clone()))
+        .layer(crate::http::origin_guard::cors(state.allowlist.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::origin_guard::guard,
+            crate::http::origin_guard::guard,
         ))
         .layer(catch_panics(metrics))
         .with_state(state))

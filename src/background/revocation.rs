@@ -11,8 +11,8 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use sqlx::postgres::PgListener;
 
-use crate::db::{DbError, quoted_table};
-use crate::watcher::Watcher;
+use crate::background::watcher::Watcher;
+use crate::db::connect::{DbError, quoted_table};
 
 pub const CHANNEL: &str = "sockgate_session_revoked";
 const TRIGGER: &str = "sockgate_session_revoked";

@@ -7,8 +7,8 @@
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::db::{self, Database};
-use crate::tables::{Namespace, Tables};
+use crate::db::connect::{self as db, Database};
+use crate::db::tables::{Namespace, Tables};
 
 /// What a command needs of the database before it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub async fn open(config: &Config, purpose: Purpose) -> anyhow::Result<Opened> {
 /// user is there to log in as.
 async fn prepare_dev_database(config: &Config, db: &Database) -> anyhow::Result<()> {
     db::create_session_table(&db.conn, None, &config.session_table).await?;
-    crate::dev_seed::seed_dev_data(&db.conn, &namespace(config, db)).await
+    crate::db::dev_seed::seed_dev_data(&db.conn, &namespace(config, db)).await
 }
 
 /// Where sockgate's own tables live for this configuration.
@@ -74,15 +74,15 @@ pub async fn check_tables(config: &Config, db: &Database) -> anyhow::Result<Tabl
     .await?;
     let ns = namespace(config, db);
     if ns.backend == sea_orm::DbBackend::Postgres
-        && !crate::catalog::schema_exists(&db.conn, &ns.schema).await?
+        && !crate::db::catalog::schema_exists(&db.conn, &ns.schema).await?
     {
         anyhow::bail!(
             "schema {} (SOCKGATE_SCHEMA) does not exist: run `sockgate migrate` against this database first",
-            crate::sql::ident(&ns.schema)
+            crate::db::sql::ident(&ns.schema)
         );
     }
     // A foreign table in the namespace first: migrating would not help.
-    crate::tables::verify_own_tables(&db.conn, &ns).await?;
+    crate::db::tables::verify_own_tables(&db.conn, &ns).await?;
     let pending = db::pending_migrations(config, db).await?;
     if pending > 0 {
         anyhow::bail!(

@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use crate::audit::{self, AuditEvent, Severity};
+use crate::audit::writer::{self as audit, AuditEvent, Severity};
 use crate::engine_path::is_engine_path;
 use crate::origin::{Allowlist, Rejection, Verdict};
 use crate::state::AppState;
@@ -78,7 +78,7 @@ fn too_many_handshakes(state: &AppState, req: &Request) -> Response {
     state.metrics.refused("handshakes_per_ip");
     let ip = client_addr(req);
     let limits = &state.config.limits;
-    let mut event = crate::refusal::limit_event(
+    let mut event = crate::audit::refusal::limit_event(
         "handshakes_per_ip",
         ip,
         serde_json::json!({
@@ -88,7 +88,7 @@ fn too_many_handshakes(state: &AppState, req: &Request) -> Response {
         }),
     );
     event.headers = Some(audit::audit_headers(req.headers()));
-    crate::refusal::record(state, ip, event, |suppressed| {
+    crate::audit::refusal::record(state, ip, event, |suppressed| {
         tracing::warn!(ip = ?ip, suppressed_since_last = suppressed, "handshake refused: too many from this IP");
     });
     (

@@ -39,7 +39,7 @@ pub enum DbError {
     #[error("session table {table}: {problem}")]
     SessionTable { table: String, problem: String },
     #[error(transparent)]
-    Schema(#[from] crate::tables::SchemaError),
+    Schema(#[from] crate::db::tables::SchemaError),
 }
 
 /// The session table's name as connect-pg-simple quotes it.
@@ -128,7 +128,7 @@ pub fn adapter_pool(config: &Config) -> Result<sqlx::PgPool, DbError> {
 fn in_own_schema(config: &Config, max_connections: u32) -> PgPoolOptions {
     let set_path = format!(
         "SET search_path TO {}",
-        crate::sql::ident(&config.sockgate_schema)
+        crate::db::sql::ident(&config.sockgate_schema)
     );
     PgPoolOptions::new()
         .max_connections(max_connections)
@@ -145,7 +145,7 @@ fn in_own_schema(config: &Config, max_connections: u32) -> PgPoolOptions {
 /// The time zone a client that sends none (node-postgres) gets: the role's,
 /// the database's or the server's default (see `zone_probe`).
 pub async fn detect_default_zone(url: &str) -> Result<String, DbError> {
-    crate::zone_probe::default_zone(url)
+    crate::db::zone_probe::default_zone(url)
         .await
         .map(|probe| probe.zone)
         .map_err(|e| DbError::ZoneDetection(e.to_string()))
@@ -177,13 +177,13 @@ async fn namespace_connection(
 pub async fn migrate(config: &Config, db: &Database) -> Result<(), DbError> {
     use migration::MigratorTrait;
     let namespace =
-        crate::tables::Namespace::new(db.conn.get_database_backend(), &config.sockgate_schema);
-    crate::tables::verify_own_tables(&db.conn, &namespace).await?;
+        crate::db::tables::Namespace::new(db.conn.get_database_backend(), &config.sockgate_schema);
+    crate::db::tables::verify_own_tables(&db.conn, &namespace).await?;
     if db.conn.get_database_backend() == DbBackend::Postgres {
         db.conn
             .execute_unprepared(&format!(
                 "CREATE SCHEMA IF NOT EXISTS {}",
-                crate::sql::ident(&config.sockgate_schema)
+                crate::db::sql::ident(&config.sockgate_schema)
             ))
             .await?;
     }
@@ -193,7 +193,7 @@ pub async fn migrate(config: &Config, db: &Database) -> Result<(), DbError> {
         conn.close().await?;
     }
     migrated?;
-    crate::tables::verify_own_tables(&db.conn, &namespace).await?;
+    crate::db::tables::verify_own_tables(&db.conn, &namespace).await?;
     Ok(())
 }
 
@@ -205,7 +205,7 @@ pub async fn pending_migrations(config: &Config, db: &Database) -> Result<usize,
         Some(config.sockgate_schema.as_str()),
         migration::MIGRATIONS_TABLE,
     );
-    if crate::catalog::columns(&db.conn, schema, table)
+    if crate::db::catalog::columns(&db.conn, schema, table)
         .await?
         .is_none()
     {

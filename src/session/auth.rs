@@ -5,10 +5,10 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
-use crate::session::{self, UserId};
-use crate::session_id::{self, InvalidReason, SessionIdError, SessionIdSource};
-use crate::session_store::{SessionStore, StoreError};
-use crate::signature::Secrets;
+use crate::session::cookie::{self as session_id, InvalidReason, SessionIdError, SessionIdSource};
+use crate::session::rules::{self as session, UserId};
+use crate::session::signature::Secrets;
+use crate::session::store::{SessionStore, StoreError};
 
 /// Why a connection is refused. `Display` is exactly what the client
 /// receives in its `connect_error`; `reason` is what the audit log keeps.

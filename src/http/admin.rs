@@ -11,10 +11,10 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::auth::{AuthError, Credentials};
-use crate::fleet::FleetError;
 use crate::guests::{self, LockError, ReasonError};
-use crate::session::UserId;
+use crate::live::fleet::FleetError;
+use crate::session::auth::{AuthError, Credentials};
+use crate::session::rules::UserId;
 use crate::state::AppState;
 
 /// Every refusal of the admin route, with its status and message here only.
@@ -116,7 +116,7 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Body, AdminError> {
 
 /// The caller, from their session cookie only.
 async fn caller(state: &AppState, headers: &HeaderMap) -> Result<UserId, AdminError> {
-    let cookie = crate::session_id::cookie_header(headers);
+    let cookie = crate::session::cookie::cookie_header(headers);
     let creds = Credentials {
         cookie_header: cookie.as_deref(),
         auth: None,

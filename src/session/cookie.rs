@@ -9,7 +9,7 @@
 
 use percent_encoding::percent_decode_str;
 
-use crate::signature::Secrets;
+use crate::session::signature::Secrets;
 
 /// Browsers do not store cookies larger than this; anything longer is not a
 /// session cookie we issued, and refusing it early bounds the HMAC work.
@@ -248,7 +248,7 @@ pub fn extract_session_id(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signature::sign;
+    use crate::session::signature::sign;
     use proptest::prelude::*;
     use serde_json::json;
 

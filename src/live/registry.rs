@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 
-use crate::session::UserId;
+use crate::session::rules::UserId;
 
 /// A socket the registry can tell something and then close, whatever the
 /// adapter type behind it. Both go through the socket's own ordered channel,

@@ -1,15 +1,15 @@
 //! `sockgate check`: what `serve` will rely on, printed without starting the
 //! server or writing anything. The checks are the ones `serve` runs at start
-//! ([`crate::prepare::check_tables`]); this adds the report.
+//! ([`crate::db::prepare::check_tables`]); this adds the report.
 
 use sea_orm::DbBackend;
 
 use crate::config::Config;
-use crate::tables::{Col, Namespace, Tables};
+use crate::db::tables::{Col, Namespace, Tables};
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     println!("database: {}", redacted_url(&config.database_url));
-    let opened = crate::prepare::open(config, crate::prepare::Purpose::Check).await?;
+    let opened = crate::db::prepare::open(config, crate::db::prepare::Purpose::Check).await?;
     let db = opened.db;
     let tables = opened.tables.expect("check checks the tables");
     match (&db.session_zone, &config.session_timezone) {
@@ -24,12 +24,13 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         DbBackend::Postgres => config.session_schema.as_deref(),
         _ => None,
     };
-    let columns = crate::catalog::columns(&db.conn, session_schema, &config.session_table).await?;
+    let columns =
+        crate::db::catalog::columns(&db.conn, session_schema, &config.session_table).await?;
     let rows =
-        crate::catalog::row_estimate(&db.conn, session_schema, &config.session_table).await?;
+        crate::db::catalog::row_estimate(&db.conn, session_schema, &config.session_table).await?;
     println!(
         "session table: {} ({}), about {rows} rows",
-        crate::sql::qualified(session_schema, &config.session_table),
+        crate::db::sql::qualified(session_schema, &config.session_table),
         columns
             .unwrap_or_default()
             .iter()
@@ -51,8 +52,11 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
 /// Where sockgate's own tables are, in words.
 pub fn own_place(ns: &Namespace) -> String {
     match ns.backend {
-        DbBackend::Postgres => format!("schema {}", crate::sql::ident(&ns.schema)),
-        _ => format!("tables named {}* (SQLite)", crate::tables::SQLITE_PREFIX),
+        DbBackend::Postgres => format!("schema {}", crate::db::sql::ident(&ns.schema)),
+        _ => format!(
+            "tables named {}* (SQLite)",
+            crate::db::tables::SQLITE_PREFIX
+        ),
     }
 }
 

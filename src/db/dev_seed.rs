@@ -4,7 +4,7 @@
 
 use chrono::Utc;
 
-use crate::tables::Namespace;
+use crate::db::tables::Namespace;
 
 /// The development user a fresh SQLite database starts with.
 pub const DEV_USER_ID: &str = "1";
@@ -26,7 +26,7 @@ pub async fn seed_dev_data(
     let now = Value::from(Utc::now());
     let backend = conn.get_database_backend();
     let insert = |table: &str, columns: &str, values: Vec<Value>| {
-        let mut sql = crate::sql::Sql::new(backend);
+        let mut sql = crate::db::sql::Sql::new(backend);
         let placeholders: Vec<String> = values.into_iter().map(|v| sql.bind(v)).collect();
         sql.text = format!(
             "INSERT INTO {} ({columns}) VALUES ({}) ON CONFLICT DO NOTHING",
@@ -63,7 +63,7 @@ pub async fn seed_dev_data(
             1i64.into(),
             DEV_ORGANIZATION_ID.into(),
             DEV_USER_ID.into(),
-            crate::tables::OWN_ADMIN_ROLE.into(),
+            crate::db::tables::OWN_ADMIN_ROLE.into(),
         ],
     ))
     .await?;

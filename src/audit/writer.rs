@@ -16,9 +16,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use serde_json::{Map, Value as Json};
 use tokio::sync::mpsc;
 
-use crate::catalog::Kind;
-use crate::sql::{Sql, as_id};
-use crate::tables::{AuditTable, Col, Tables};
+use crate::db::catalog::Kind;
+use crate::db::sql::{Sql, as_id};
+use crate::db::tables::{AuditTable, Col, Tables};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -260,7 +260,7 @@ fn insert_statement<'a>(
             values.push(expr);
         };
         if let Some(col) = &a.id {
-            let id = sql.bind(crate::sql::new_uuid());
+            let id = sql.bind(crate::db::sql::new_uuid());
             put(col, cast_to(backend, col, &id));
         }
         let action = sql.bind(event.action);
@@ -498,9 +498,9 @@ mod tests {
     async fn the_queue_is_bounded_in_bytes() {
         let mut config = crate::config::Config::for_database("sqlite::memory:");
         config.db_max_connections = 1;
-        let db = crate::db::connect(&config).await.unwrap();
-        crate::db::migrate(&config, &db).await.unwrap();
-        let ns = crate::tables::Namespace::new(DbBackend::Sqlite, "sockgate");
+        let db = crate::db::connect::connect(&config).await.unwrap();
+        crate::db::connect::migrate(&config, &db).await.unwrap();
+        let ns = crate::db::tables::Namespace::new(DbBackend::Sqlite, "sockgate");
         let tables = Tables::resolve(
             &db.conn,
             db.session_zone.as_deref(),

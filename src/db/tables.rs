@@ -15,8 +15,8 @@ use figment::providers::{Env, Format, Toml};
 use sea_orm::{DatabaseConnection, DbBackend};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{self, CatalogColumn, Kind};
-use crate::sql::{IdKind, ident, qualified};
+use crate::db::catalog::{self, CatalogColumn, Kind};
+use crate::db::sql::{IdKind, ident, qualified};
 
 /// Prefix of sockgate's own tables on SQLite, which has no schemas.
 pub const SQLITE_PREFIX: &str = "sockgate_";

@@ -9,8 +9,8 @@ use base64::Engine;
 use chrono::{DateTime, TimeZone, Utc};
 use rand::RngCore;
 
-use crate::session::{self, UserId};
-use crate::session_store::SessionStore;
+use crate::session::rules::{self as session, UserId};
+use crate::session::store::SessionStore;
 
 pub struct Minted {
     pub sid: String,
@@ -32,7 +32,7 @@ pub fn new_sid() -> String {
 /// connect-pg-simple would after a login.
 pub async fn mint_session(
     store: &SessionStore,
-    secrets: &crate::signature::Secrets,
+    secrets: &crate::session::signature::Secrets,
     user: &UserId,
     ttl: Duration,
 ) -> anyhow::Result<Minted> {

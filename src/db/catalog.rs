@@ -3,7 +3,7 @@
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 
-use crate::sql::{IdKind, qualified};
+use crate::db::sql::{IdKind, qualified};
 
 /// The broad kind of a column, as far as sockgate's statements care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

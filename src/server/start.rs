@@ -12,17 +12,17 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::audit::AuditLog;
-use crate::auth::Authenticator;
+use crate::audit::writer::AuditLog;
+use crate::background::watcher::Watcher;
 use crate::config::Config;
-use crate::fleet::FleetCell;
+use crate::db::prepare::{self, Opened, Purpose};
 use crate::limits::{PerClientRate, RefusalLog};
+use crate::live::fleet::FleetCell;
+use crate::live::registry::Registry;
 use crate::metrics::Metrics;
-use crate::prepare::{self, Opened, Purpose};
-use crate::registry::Registry;
-use crate::session_store::SessionStore;
+use crate::session::auth::Authenticator;
+use crate::session::store::SessionStore;
 use crate::state::AppState;
-use crate::watcher::Watcher;
 
 /// Connects, prepares the database and starts the audit writer.
 pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
@@ -130,7 +130,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningServer> {
 
 pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<RunningServer> {
     let local_addr = listener.local_addr()?;
-    let app = crate::http::router(state.clone()).await?;
+    let app = crate::http::router::router(state.clone()).await?;
     let watcher = {
         let watcher = state.watcher.clone();
         crate::supervise::spawn("session_watcher", state.metrics.clone(), move || {
@@ -141,7 +141,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
         (state.db.get_database_backend() == sea_orm::DbBackend::Postgres).then(|| {
             let (db, watcher) = (state.db.clone(), state.watcher.clone());
             crate::supervise::spawn("revocation_listener", state.metrics.clone(), move || {
-                crate::revocation::listen(db.clone(), watcher.clone())
+                crate::background::revocation::listen(db.clone(), watcher.clone())
             })
         });
     let (tx, rx) = oneshot::channel::<()>();
@@ -150,20 +150,21 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
     let refused_state = state.clone();
     let on_refused = move |remote: SocketAddr| {
         let max = refused_state.config.limits.max_connections_per_ip;
-        let event = crate::refusal::limit_event(
+        let event = crate::audit::refusal::limit_event(
             "connections_per_ip",
             Some(remote.ip()),
             serde_json::json!({ "max": max }),
         );
-        crate::refusal::record(&refused_state, Some(remote.ip()), event, |suppressed| {
+        crate::audit::refusal::record(&refused_state, Some(remote.ip()), event, |suppressed| {
             tracing::warn!(ip = %remote.ip(), max, suppressed_since_last = suppressed, "connection refused: too many connections from this IP");
         });
     };
     let join = tokio::spawn(async move {
-        let result = crate::listener::serve(listener, app, &limits, metrics, on_refused, async {
-            let _ = rx.await;
-        })
-        .await;
+        let result =
+            crate::server::listener::serve(listener, app, &limits, metrics, on_refused, async {
+                let _ = rx.await;
+            })
+            .await;
         watcher.abort();
         if let Some(task) = revocations {
             task.abort();
@@ -190,7 +191,7 @@ fn announce(state: &AppState, addr: SocketAddr) {
         for n in secrets.short() {
             tracing::warn!(
                 "session secret #{n} is shorter than {} bytes: use a long random secret in the Node app and here",
-                crate::signature::MIN_SECRET_BYTES
+                crate::session::signature::MIN_SECRET_BYTES
             );
         }
     }
@@ -205,9 +206,9 @@ fn announce(state: &AppState, addr: SocketAddr) {
         );
         tracing::info!(
             "development user {} ({}): get a session cookie with `cargo run -- session mint --user {}`",
-            crate::dev_seed::DEV_USER_ID,
-            crate::dev_seed::DEV_USERNAME,
-            crate::dev_seed::DEV_USER_ID
+            crate::db::dev_seed::DEV_USER_ID,
+            crate::db::dev_seed::DEV_USERNAME,
+            crate::db::dev_seed::DEV_USER_ID
         );
     }
 }

@@ -16,7 +16,7 @@ use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError};
 use socketioxide::{SocketIo, SocketIoBuilder};
 
-use crate::registry::CloseError;
+use crate::live::registry::CloseError;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
@@ -24,10 +24,10 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::DisconnectReason;
 use socketioxide_core::adapter::DefinedAdapter;
 
-use crate::audit::{self, AuditEvent, Severity};
-use crate::auth::{AuthError, Credentials};
-use crate::fleet::Cluster;
-use crate::session::{self, UserId};
+use crate::audit::writer::{self as audit, AuditEvent, Severity};
+use crate::live::fleet::Cluster;
+use crate::session::auth::{AuthError, Credentials};
+use crate::session::rules::{self as session, UserId};
 use crate::state::AppState;
 
 /// What an authenticated socket carries, from the stored session only.
@@ -154,7 +154,7 @@ async fn authenticate<A: Adapter>(
     };
     // A non-JSON or missing auth payload is simply no auth payload.
     let auth = auth.ok();
-    let cookie = crate::session_id::cookie_header(&s.req_parts().headers);
+    let cookie = crate::session::cookie::cookie_header(&s.req_parts().headers);
     let creds = Credentials {
         cookie_header: cookie.as_deref(),
         auth: auth.as_ref(),
@@ -172,7 +172,7 @@ async fn authenticate<A: Adapter>(
             ) {
                 state.metrics.refused(limit.label());
                 state.metrics.handshake("limit");
-                let mut event = crate::refusal::limit_event(
+                let mut event = crate::audit::refusal::limit_event(
                     limit.label(),
                     ip,
                     serde_json::json!({
@@ -184,7 +184,7 @@ async fn authenticate<A: Adapter>(
                 event.socket_id = Some(s.id.to_string());
                 event.user_id = Some(ok.user_id.to_string());
                 event.session_ref = Some(session::fingerprint(&ok.sid));
-                crate::refusal::record(&state, ip, event, |suppressed| {
+                crate::audit::refusal::record(&state, ip, event, |suppressed| {
                     tracing::warn!(socket = %s.id, user = %ok.user_id, limit = limit.label(), suppressed_since_last = suppressed, "handshake refused: socket limit");
                 });
                 return Err(refused(limit.to_string()));
@@ -215,7 +215,7 @@ async fn authenticate<A: Adapter>(
             event.session_ref = sid.as_deref().map(session::fingerprint);
             event.reason = Some(err.reason());
             // Queued; written when the database is reachable again.
-            crate::refusal::record(&state, ip, event, |suppressed| match &err {
+            crate::audit::refusal::record(&state, ip, event, |suppressed| match &err {
                 AuthError::StoreUnavailable(e) => {
                     tracing::error!(socket = %s.id, error = %e, suppressed_since_last = suppressed, "session store unreachable: handshake refused (fail closed)")
                 }
@@ -228,7 +228,7 @@ async fn authenticate<A: Adapter>(
     }
 }
 
-impl<A: Adapter> crate::registry::SocketHandle for SocketRef<A> {
+impl<A: Adapter> crate::live::registry::SocketHandle for SocketRef<A> {
     fn id(&self) -> String {
         self.id.to_string()
     }

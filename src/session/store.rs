@@ -7,9 +7,9 @@ use serde_json::Value as Json;
 
 use std::sync::Arc;
 
-use crate::db::quoted_table;
-use crate::sql::{Sql, as_id};
-use crate::tables::Tables;
+use crate::db::connect::quoted_table;
+use crate::db::sql::{Sql, as_id};
+use crate::db::tables::Tables;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,7 +53,7 @@ impl SessionStore {
     /// `schema` and `zone` apply on PostgreSQL only: SQLite has no schemas
     /// and its development tables hold UTC.
     pub fn new(
-        db: &crate::db::Database,
+        db: &crate::db::connect::Database,
         schema: Option<&str>,
         table: &str,
         tables: Option<Arc<Tables>>,
@@ -80,7 +80,7 @@ impl SessionStore {
     }
 
     /// The session row for `sid`, expired or not; the caller judges expiry
-    /// with [`crate::session::is_live`], which is connect-pg-simple's rule.
+    /// with [`crate::session::rules::is_live`], which is connect-pg-simple's rule.
     pub async fn load(&self, sid: &str) -> Result<Option<StoredSession>, StoreError> {
         let sql = match self.backend() {
             DbBackend::Postgres => format!(
@@ -112,7 +112,10 @@ impl SessionStore {
         if self.backend() == DbBackend::Postgres
             && stored.guest_lock.is_none()
             && stored.raw_nul
-            && let Some(user) = stored.sess.as_ref().and_then(crate::session::passport_user)
+            && let Some(user) = stored
+                .sess
+                .as_ref()
+                .and_then(crate::session::rules::passport_user)
         {
             stored.guest_lock = self.guest_lock_of(&user).await?;
         }
@@ -122,7 +125,7 @@ impl SessionStore {
     /// The lock reason (or `''`) when `user` is a soft-locked guest.
     pub async fn guest_lock_of(
         &self,
-        user: &crate::session::UserId,
+        user: &crate::session::rules::UserId,
     ) -> Result<Option<String>, StoreError> {
         let Some(tables) = &self.tables else {
             return Ok(None);
@@ -234,7 +237,7 @@ pub struct SessionCheck {
     pub sid: String,
     pub expire_at: DateTime<Utc>,
     /// `sess.passport.user` as stored, if any.
-    pub user: Option<crate::session::UserId>,
+    pub user: Option<crate::session::rules::UserId>,
     /// `sess.cookie.originalMaxAge` in ms, if any.
     pub original_max_age_ms: Option<f64>,
     /// The lock reason when the session's user is a soft-locked guest.
@@ -384,8 +387,8 @@ impl SessionStore {
                 Some(sess) => SessionCheck {
                     sid: row.try_get("", "sid")?,
                     expire_at,
-                    user: crate::session::passport_user(&sess),
-                    original_max_age_ms: crate::session::original_max_age(&sess),
+                    user: crate::session::rules::passport_user(&sess),
+                    original_max_age_ms: crate::session::rules::original_max_age(&sess),
                     guest_lock: None,
                 },
                 None => {
@@ -394,7 +397,7 @@ impl SessionStore {
                     let user = user_json
                         .and_then(|text| serde_json::from_str::<Json>(&text).ok())
                         .and_then(|user| {
-                            crate::session::passport_user(
+                            crate::session::rules::passport_user(
                                 &serde_json::json!({"passport": {"user": user}}),
                             )
                         });

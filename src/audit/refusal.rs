@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use crate::audit::{AuditEvent, Severity};
+use crate::audit::writer::{AuditEvent, Severity};
 use crate::state::AppState;
 
 /// Writes `event` (and its log line) unless `ip` is over its refusal
@@ -36,7 +36,7 @@ pub fn limit_event(
     ip: Option<IpAddr>,
     details: serde_json::Value,
 ) -> AuditEvent {
-    let mut event = AuditEvent::new(crate::audit::action::LIMIT_REFUSED, Severity::Warn);
+    let mut event = AuditEvent::new(crate::audit::writer::action::LIMIT_REFUSED, Severity::Warn);
     event.reason = Some(limit.to_owned());
     event.client_ip = ip.map(|ip| ip.to_string());
     event.details = Some(details);

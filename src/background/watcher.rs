@@ -12,13 +12,13 @@ use rand::Rng;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::audit::{self, AuditEvent, AuditLog, Severity};
-use crate::fleet::{FleetCell, Scope};
+use crate::audit::writer::{self as audit, AuditEvent, AuditLog, Severity};
 use crate::guests;
+use crate::live::fleet::{FleetCell, Scope};
+use crate::live::registry::{self, Registry};
 use crate::metrics::Metrics;
-use crate::registry::{self, Registry};
-use crate::session::{self, EndReason, Verdict};
-use crate::session_store::{Extension, SessionStore, StoreError};
+use crate::session::rules::{self as session, EndReason, Verdict};
+use crate::session::store::{Extension, SessionStore, StoreError};
 
 pub const SESSION_EXPIRED_EVENT: &str = "session_expired";
 

@@ -10,8 +10,8 @@ use serde_json::Value as Json;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 
-use crate::registry::{self, Registry};
-use crate::session::UserId;
+use crate::live::registry::{self, Registry};
+use crate::session::rules::UserId;
 
 /// An event a client is told before its socket is closed.
 #[derive(Debug, Clone)]
