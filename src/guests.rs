@@ -12,7 +12,7 @@ use crate::db::catalog::Kind;
 use crate::db::sql::{Sql, as_id};
 use crate::db::tables::{Col, Tables};
 
-use crate::audit::writer::{self as audit, AuditEvent, AuditLog, Severity};
+use crate::audit::event::{Client, Event, Events, GuestLockOutcome};
 use crate::live::fleet::{FleetCell, FleetError, Notice, Scope};
 use crate::session::rules::UserId;
 
@@ -306,7 +306,7 @@ pub async fn lock_and_disconnect(
     db: &DatabaseConnection,
     tables: &Tables,
     fleet: &FleetCell,
-    audit_log: &AuditLog,
+    events: &Events,
     admin: &UserId,
     guest: &GuestRow,
     message: &str,
@@ -315,19 +315,18 @@ pub async fn lock_and_disconnect(
     let user = UserId::new(guest.user_id.clone());
     let result = disconnect_user(fleet, &user, message, Scope::Cluster).await;
 
-    let mut event = AuditEvent::new(audit::action::GUEST_DISCONNECTED, Severity::Info);
-    event.user_id = Some(admin.to_string());
-    event.reason = Some(message.to_owned());
-    event.details = Some(json!({
-        "guest_id": guest.id,
-        "guest_user_id": guest.user_id,
-        "organization_id": guest.organization_id,
-        "newly_locked": newly_locked,
-        "disconnected": result.as_ref().ok(),
-        "error": result.as_ref().err().map(ToString::to_string),
-    }));
-    audit_log.record(event);
+    events.report(
+        Client::default(),
+        Event::GuestLocked(GuestLockOutcome {
+            admin,
+            guest_id: &json!(guest.id),
+            guest_user: &guest.user_id,
+            organization_id: &json!(guest.organization_id),
+            message,
+            newly_locked,
+            disconnected: result.as_ref().copied().map_err(ToString::to_string),
+        }),
+    );
     let disconnected = result?;
-    tracing::info!(admin = %admin, guest = %guest.id, user = %user, disconnected, newly_locked, "guest soft-locked and disconnected");
     Ok(disconnected)
 }

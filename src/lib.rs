@@ -3,39 +3,46 @@
 //!
 //! # Where things are
 //!
-//! Roughly from the top down. No import circles: no module imports one
-//! that (directly or not) imports it back.
+//! From the top down; a module imports only what stands below it, so there
+//! are no import circles.
 //!
-//! - **Start and run:** `cli` (commands) → `server` (assembles and runs) →
-//!   `prepare` (opens and checks the database for every command),
-//!   `dev_seed` (the SQLite development rows), `check` (`sockgate check`).
-//! - **HTTP and Socket.IO, thin:** `http` (routes), `admin` (the guest-lock
-//!   route), `web` (browser client, development sign-in), `origin_guard`
-//!   (the Origin allowlist as a layer), `socket` (the authenticating
-//!   namespace and the socket's handlers), `handshake_request` (what engine.io
-//!   keeps of a request), `listener` (the accept loop and its bounds),
-//!   `refusal` (refusals to the log and audit, rate-limited), all sharing
-//!   `state::AppState`.
-//! - **Keeping sessions honest over time:** `watcher` (the periodic
-//!   re-check), `revocation` (instant revocation on PostgreSQL), `registry`
-//!   (this node's live sockets), `fleet` (a user's sockets on every node),
-//!   `pg_adapter` (the PostgreSQL adapter's driver), `supervise`.
-//! - **The domain, plain functions and types:** `auth` (the handshake's
-//!   decision), `session` (what a stored session means), `session_id`
-//!   (cookie and `auth` parsing, as the npm packages do), `signature`
-//!   (cookie-signature), `origin` (the allowlist's rules), `guests` (who
-//!   may lock whom, and the lock use case), `limits` (what one client may
-//!   hold), `session_mint`, `messages` (client-facing texts).
-//! - **The database:** `session_store` (connect-pg-simple's table), `audit`
-//!   (the audit writer), `tables` (the declared mapping of the app's
-//!   tables, checked against the `catalog`), `sql` (statements over
-//!   configured names), `db` (connecting, migrating), `zone_probe`.
-//! - **Everywhere:** `config` (one struct from flags and env), `metrics`,
-//!   `telemetry`, `engine_path`.
+//! - **Start and run:** `cli` (the commands) → `server/` (`start`:
+//!   assembles the state, layers and background tasks; `listener`: the
+//!   bounded accept loop).
+//! - **HTTP and Socket.IO, thin:** `http/` (`router`, `admin` for the
+//!   guest-lock route, `web` for the browser client and development
+//!   sign-in, `origin_guard` for the Origin allowlist in front of both
+//!   transports) and `socket/` (`layer`: the authenticating namespace and
+//!   the socket's handlers; `handshake_request`: what engine.io keeps of a
+//!   request). Both read `state::AppState` and say what happened through
+//!   `audit::event`.
+//! - **Keeping sessions honest over time:** `background/` (`watcher`: the
+//!   periodic re-check; `revocation`: instant revocation on PostgreSQL),
+//!   over `live/` (`registry`: this node's sockets; `fleet`: a user's
+//!   sockets on every node) and `guests` (who may lock whom, and the lock
+//!   use case).
+//! - **What happened, on the record:** `audit/` (`event`: the typed events,
+//!   each turned into its audit row, metric and log line in one place;
+//!   `writer`: the batched audit writer).
+//! - **Sessions, plain functions and types:** `session/` (`signature`:
+//!   cookie-signature; `cookie`: the session id from the cookie or `auth`,
+//!   as the npm packages parse it; `rules`: what a stored session means;
+//!   `auth`: the handshake's decision; `store`: connect-pg-simple's table;
+//!   `mint`: writing a session as the app would).
+//! - **The database:** `db/` (`connect`, `prepare`: opening and checking it
+//!   for every command; `tables`: the declared mapping of the app's tables,
+//!   checked against the `catalog`; `sql`: statements over configured
+//!   names; `adapter`: the PostgreSQL adapter's driver; `zone_probe`;
+//!   `dev_seed`; `check`: `sockgate check`).
+//! - **Everywhere, depending on nothing above:** `config` (one struct from
+//!   flags and env), `origin` (the allowlist's rules), `limits` (what one
+//!   client may hold), `messages` (client-facing texts), `metrics`,
+//!   `telemetry`, `supervise`, `engine_path`.
 //!
 //! Beside the crate: `entity` and `migration` (sockgate's own tables),
 //! `conformance` (the behaviour suite against any deployment, a binary of
-//! its own), `vendor/engineioxide` (the patched engine).
+//! its own), `vendor/engineioxide` (the patched engine, as pristine 0.17.9
+//! plus the patch series in `vendor/engineioxide-patches`).
 
 // Private by default: what the binary, the tests, the benches and the
 // conformance crate need is re-exported below or in a folder's `mod.rs`,

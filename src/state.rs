@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use crate::audit::writer::AuditLog;
+use crate::audit::event::Events;
 use crate::background::watcher::Watcher;
 use crate::config::Config;
 use crate::db::tables::Tables;
-use crate::limits::{PerClientRate, RefusalLog, ViolationLog};
+use crate::limits::PerClientRate;
 use crate::live::fleet::FleetCell;
 use crate::live::registry::Registry;
 use crate::metrics::Metrics;
@@ -24,14 +24,13 @@ pub struct AppState {
     /// Guests, members and the audit target, as checked at start.
     pub tables: Arc<Tables>,
     pub auth: Authenticator,
-    pub audit: AuditLog,
+    /// The audit log, the metrics and the refusal budgets: where every
+    /// handler reports what happened.
+    pub events: Events,
     pub registry: Registry,
     pub watcher: Watcher,
     pub metrics: Metrics,
     pub allowlist: Arc<Allowlist>,
-    pub violations: Arc<ViolationLog>,
-    /// Per-client budget for refusals in the log and the audit table.
-    pub refusals: Arc<RefusalLog>,
     /// New engine.io sessions per client IP.
     pub handshakes: Arc<PerClientRate>,
     /// This node's view of every node's sockets; set when the Socket.IO

@@ -1,7 +1,8 @@
-//! The audit log: the batched writer of sockgate's audit rows and the
-//! rate-limited path refusals take to it.
+//! What happened, on the record: the event vocabulary (one typed event per
+//! thing worth recording, turned into its audit row, metric and log line in
+//! one place) and the batched writer of the audit rows.
 
-pub(crate) mod refusal;
+pub(crate) mod event;
 pub(crate) mod writer;
 
 pub use writer::{AUDITED_HEADERS, AuditRow, rows_since};

@@ -1,10 +1,11 @@
-//! The audit log: every authentication success and failure (and later every
-//! session and guest event) becomes a row in `audit_log`.
+//! The audit writer: the rows `audit::event` makes become rows of the audit
+//! table (sockgate's own, or the app's through the declared mapping).
 //!
 //! Recording never waits on the database: events go into a bounded queue and
 //! one writer task inserts them in batches, holding a failed batch and
 //! retrying it until the database is back. When the queue is full the event
 //! is counted as dropped and the count is reported, never silently lost.
+//! Knows nothing of what an event means; only `audit::event` makes rows.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

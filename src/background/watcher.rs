@@ -12,7 +12,7 @@ use rand::Rng;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::audit::writer::{self as audit, AuditEvent, AuditLog, Severity};
+use crate::audit::event::{Client, Event, Events};
 use crate::guests;
 use crate::live::fleet::{FleetCell, Scope};
 use crate::live::registry::{self, Registry};
@@ -26,7 +26,7 @@ pub const SESSION_EXPIRED_EVENT: &str = "session_expired";
 pub struct Watcher {
     pub registry: Registry,
     pub store: SessionStore,
-    pub audit: AuditLog,
+    pub events: Events,
     pub interval: Duration,
     pub refresh_window: Duration,
     pub default_ttl: Duration,
@@ -146,19 +146,17 @@ impl Watcher {
             report.queries += 1;
             self.metrics.revalidation_queries.inc();
             result?;
-            self.metrics
-                .sessions_refreshed
-                .inc_by(extensions.len() as u64);
             report.refreshed = extensions.len();
             for ext in &extensions {
-                let mut event = AuditEvent::new(audit::action::SESSION_REFRESHED, Severity::Info);
-                event.session_ref = Some(session::fingerprint(&ext.sid));
-                event.details = Some(json!({ "expires": ext.cookie_expires }));
-                if let Some(live) = live.iter().find(|l| l.sid == ext.sid) {
-                    event.user_id = Some(live.user_id.to_string());
-                }
-                self.audit.record(event);
-                tracing::info!(session = %session::fingerprint(&ext.sid), expires = %ext.cookie_expires, "session extended");
+                let user = live.iter().find(|l| l.sid == ext.sid).map(|l| &l.user_id);
+                self.events.report(
+                    Client::default(),
+                    Event::SessionExtended {
+                        sid: &ext.sid,
+                        user,
+                        expires: &ext.cookie_expires,
+                    },
+                );
             }
         }
         self.metrics.last_tick_sessions.set(report.sessions as i64);
@@ -182,12 +180,14 @@ impl Watcher {
         };
         match guests::disconnect_user(&self.fleet, user, message, Scope::Local).await {
             Ok(count) => {
-                let mut event = AuditEvent::new(audit::action::GUEST_LOCKED, Severity::Warn);
-                event.user_id = Some(user.to_string());
-                event.reason = Some(message.to_owned());
-                event.details = Some(json!({ "sockets": count, "found_by": "session re-check" }));
-                self.audit.record(event);
-                tracing::warn!(user = %user, sockets = count, "soft-locked guest found connected: disconnected");
+                self.events.report(
+                    Client::default(),
+                    Event::LockedGuestFound {
+                        user,
+                        message,
+                        sockets: count,
+                    },
+                );
                 count
             }
             Err(e) => {
@@ -202,16 +202,16 @@ impl Watcher {
     pub fn end_session(&self, sid: &str, reason: EndReason) -> usize {
         let sockets = self.registry.sockets_of(sid);
         let count = sockets.len();
-        self.metrics.sessions_ended.inc();
-        for socket in &sockets {
-            let mut event = AuditEvent::new(audit::action::SESSION_EXPIRED, Severity::Info);
-            event.socket_id = Some(socket.id());
-            event.session_ref = Some(session::fingerprint(sid));
-            event.reason = Some(reason.as_str().to_owned());
-            event.user_id = self.registry.sessions_user(sid).map(|u| u.to_string());
-            self.audit.record(event);
-        }
-        tracing::info!(session = %session::fingerprint(sid), reason = reason.as_str(), sockets = count, "session ended: disconnecting its sockets");
+        let ids: Vec<String> = sockets.iter().map(|s| s.id()).collect();
+        self.events.report(
+            Client::default(),
+            Event::SessionEnded {
+                sid,
+                user: self.registry.sessions_user(sid).as_ref(),
+                sockets: &ids,
+                reason,
+            },
+        );
         registry::notify_and_disconnect_all(
             sockets,
             SESSION_EXPIRED_EVENT,

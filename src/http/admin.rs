@@ -159,7 +159,7 @@ async fn lock_guest(
         &state.db,
         &state.tables,
         &state.fleet,
-        &state.audit,
+        &state.events,
         &admin,
         &guest,
         &message,

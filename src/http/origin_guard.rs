@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use crate::audit::writer::{self as audit, AuditEvent, Severity};
+use crate::audit::event::{Client, Event};
 use crate::engine_path::is_engine_path;
 use crate::origin::{Allowlist, Rejection, Verdict};
 use crate::state::AppState;
@@ -75,22 +75,18 @@ fn client_addr(req: &Request) -> Option<std::net::IpAddr> {
 /// Over the per-IP rate of new engine.io sessions: 429 before the engine
 /// allocates anything.
 fn too_many_handshakes(state: &AppState, req: &Request) -> Response {
-    state.metrics.refused("handshakes_per_ip");
-    let ip = client_addr(req);
     let limits = &state.config.limits;
-    let mut event = crate::audit::refusal::limit_event(
-        "handshakes_per_ip",
-        ip,
-        serde_json::json!({
-            "per_second": limits.handshakes_per_ip_per_sec,
-            "burst": limits.handshake_burst_per_ip,
-            "transport": transport(req),
-        }),
+    state.events.report(
+        client(req),
+        Event::LimitRefused {
+            limit: "handshakes_per_ip",
+            socket: None,
+            details: serde_json::json!({
+                "per_second": limits.handshakes_per_ip_per_sec,
+                "burst": limits.handshake_burst_per_ip,
+            }),
+        },
     );
-    event.headers = Some(audit::audit_headers(req.headers()));
-    crate::audit::refusal::record(state, ip, event, |suppressed| {
-        tracing::warn!(ip = ?ip, suppressed_since_last = suppressed, "handshake refused: too many from this IP");
-    });
     (
         StatusCode::TOO_MANY_REQUESTS,
         crate::messages::TOO_MANY_HANDSHAKES,
@@ -98,33 +94,23 @@ fn too_many_handshakes(state: &AppState, req: &Request) -> Response {
         .into_response()
 }
 
+fn client(req: &Request) -> Client<'_> {
+    Client {
+        ip: client_addr(req),
+        headers: Some(req.headers()),
+        transport: Some(transport(req)),
+    }
+}
+
 fn record_violation(state: &AppState, req: &Request, rejection: &Rejection) {
-    let transport = transport(req);
-    state
-        .metrics
-        .origin_violations
-        .get_or_create(&vec![("transport", transport)])
-        .inc();
-    let Some(suppressed) = state.violations.admit() else {
-        return;
-    };
-    let client_ip = client_addr(req).map(|ip| ip.to_string());
-    let shown = rejection.shown();
-    let allowlist = state.allowlist.describe();
-    tracing::warn!(origin = %shown, transport, ip = ?client_ip, path = req.uri().path(), allowlist = %allowlist,
-        reason = rejection.reason(), suppressed_since_last = suppressed, "origin rejected");
-    let mut event = AuditEvent::new(audit::action::ORIGIN_REJECTED, Severity::Warn);
-    event.reason = Some(rejection.reason().to_owned());
-    event.client_ip = client_ip;
-    event.headers = Some(audit::audit_headers(req.headers()));
-    event.details = Some(serde_json::json!({
-        "origin": shown,
-        "transport": transport,
-        "path": req.uri().path(),
-        "allowlist": allowlist,
-        "suppressed_since_last": suppressed,
-    }));
-    state.audit.record(event);
+    state.events.report(
+        client(req),
+        Event::OriginRejected {
+            rejection,
+            path: req.uri().path(),
+            allowlist: &state.allowlist,
+        },
+    );
 }
 
 /// CORS for allowed origins, with credentials, so a browser page on an

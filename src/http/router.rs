@@ -114,9 +114,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let m = &state.metrics;
-    m.audit_buffer_depth.set(state.audit.depth() as i64);
-    m.audit_dropped.set(state.audit.dropped() as i64);
-    m.audit_written.set(state.audit.written() as i64);
+    m.audit_buffer_depth
+        .set(state.events.audit().depth() as i64);
+    m.audit_dropped.set(state.events.audit().dropped() as i64);
+    m.audit_written.set(state.events.audit().written() as i64);
     (
         [(
             CONTENT_TYPE,

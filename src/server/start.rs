@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::audit::event::{Client, Event, Events};
 use crate::audit::writer::AuditLog;
 use crate::background::watcher::Watcher;
 use crate::config::Config;
@@ -62,11 +63,12 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     ));
     let registry = Registry::default();
     let fleet = FleetCell::default();
+    let events = Events::new(audit, metrics.clone(), refusals, Default::default());
     let watcher = Watcher {
         fleet: fleet.clone(),
         registry: registry.clone(),
         store: auth.store.clone(),
-        audit: audit.clone(),
+        events: events.clone(),
         interval: config.session_check_interval,
         refresh_window: config.session_refresh_window,
         default_ttl: config.session_ttl(),
@@ -78,13 +80,11 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         db: db.conn,
         tables,
         auth,
-        audit,
+        events,
         registry,
         watcher,
         metrics,
         allowlist: Arc::new(allowlist),
-        violations: Default::default(),
-        refusals,
         handshakes,
         fleet,
     })
@@ -150,14 +150,17 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
     let refused_state = state.clone();
     let on_refused = move |remote: SocketAddr| {
         let max = refused_state.config.limits.max_connections_per_ip;
-        let event = crate::audit::refusal::limit_event(
-            "connections_per_ip",
-            Some(remote.ip()),
-            serde_json::json!({ "max": max }),
+        refused_state.events.report(
+            Client {
+                ip: Some(remote.ip()),
+                ..Default::default()
+            },
+            Event::LimitRefused {
+                limit: "connections_per_ip",
+                socket: None,
+                details: serde_json::json!({ "max": max }),
+            },
         );
-        crate::audit::refusal::record(&refused_state, Some(remote.ip()), event, |suppressed| {
-            tracing::warn!(ip = %remote.ip(), max, suppressed_since_last = suppressed, "connection refused: too many connections from this IP");
-        });
     };
     let join = tokio::spawn(async move {
         let result =

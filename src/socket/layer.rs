@@ -24,10 +24,10 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::DisconnectReason;
 use socketioxide_core::adapter::DefinedAdapter;
 
-use crate::audit::writer::{self as audit, AuditEvent, Severity};
+use crate::audit::event::{Client, Event as Record, Who};
 use crate::live::fleet::Cluster;
-use crate::session::auth::{AuthError, Credentials};
-use crate::session::rules::{self as session, UserId};
+use crate::session::auth::Credentials;
+use crate::session::rules::UserId;
 use crate::state::AppState;
 
 /// What an authenticated socket carries, from the stored session only.
@@ -98,21 +98,17 @@ fn client_addr<A: Adapter>(s: &SocketRef<A>) -> Option<std::net::IpAddr> {
         .map(|ConnectInfo(addr)| addr.ip())
 }
 
-fn client_ip<A: Adapter>(s: &SocketRef<A>) -> Option<String> {
-    client_addr(s).map(|ip| ip.to_string())
-}
-
-fn handshake_event<A: Adapter>(
-    s: &SocketRef<A>,
-    action: &'static str,
-    severity: Severity,
-) -> AuditEvent {
-    let mut event = AuditEvent::new(action, severity);
-    event.socket_id = Some(s.id.to_string());
-    event.client_ip = client_ip(s);
-    event.headers = Some(audit::audit_headers(&s.req_parts().headers));
-    event.details = Some(serde_json::json!({ "transport": format!("{:?}", s.transport_type()) }));
-    event
+/// The handshake's client, as the records name it.
+fn client<A: Adapter>(s: &SocketRef<A>) -> Client<'_> {
+    let transport = match s.transport_type() {
+        socketioxide::TransportType::Polling => "Polling",
+        socketioxide::TransportType::Websocket => "Websocket",
+    };
+    Client {
+        ip: client_addr(s),
+        headers: Some(&s.req_parts().headers),
+        transport: Some(transport),
+    }
 }
 
 /// A refused CONNECT. Its `Display` is the client's `connect_error`
@@ -154,12 +150,13 @@ async fn authenticate<A: Adapter>(
     };
     // A non-JSON or missing auth payload is simply no auth payload.
     let auth = auth.ok();
+    let id = s.id.to_string();
+    let client = client(&s);
     let cookie = crate::session::cookie::cookie_header(&s.req_parts().headers);
     let creds = Credentials {
         cookie_header: cookie.as_deref(),
         auth: auth.as_ref(),
     };
-    let ip = client_addr(&s);
     match state.auth.authenticate(&creds, Utc::now()).await {
         Ok(ok) => {
             let limits = &state.config.limits;
@@ -170,31 +167,37 @@ async fn authenticate<A: Adapter>(
                 limits.max_sockets_per_user,
                 limits.max_sockets_per_session,
             ) {
-                state.metrics.refused(limit.label());
-                state.metrics.handshake("limit");
-                let mut event = crate::audit::refusal::limit_event(
-                    limit.label(),
-                    ip,
-                    serde_json::json!({
-                        "user_sockets": user_sockets,
-                        "session_sockets": session_sockets,
-                        "transport": format!("{:?}", s.transport_type()),
-                    }),
+                state.events.report(
+                    Client {
+                        headers: None,
+                        ..client
+                    },
+                    Record::LimitRefused {
+                        limit: limit.label(),
+                        socket: Some(Who {
+                            id: &id,
+                            user: &ok.user_id,
+                            sid: &ok.sid,
+                        }),
+                        details: serde_json::json!({
+                            "user_sockets": user_sockets,
+                            "session_sockets": session_sockets,
+                        }),
+                    },
                 );
-                event.socket_id = Some(s.id.to_string());
-                event.user_id = Some(ok.user_id.to_string());
-                event.session_ref = Some(session::fingerprint(&ok.sid));
-                crate::audit::refusal::record(&state, ip, event, |suppressed| {
-                    tracing::warn!(socket = %s.id, user = %ok.user_id, limit = limit.label(), suppressed_since_last = suppressed, "handshake refused: socket limit");
-                });
                 return Err(refused(limit.to_string()));
             }
-            let mut event = handshake_event(&s, audit::action::AUTHENTICATED, Severity::Info);
-            event.user_id = Some(ok.user_id.to_string());
-            event.session_ref = Some(session::fingerprint(&ok.sid));
-            state.audit.record(event);
-            state.metrics.handshake("authenticated");
-            tracing::info!(socket = %s.id, user = %ok.user_id, session = %session::fingerprint(&ok.sid), source = ok.source.as_str(), "socket authenticated");
+            state.events.report(
+                client,
+                Record::Authenticated {
+                    socket: Who {
+                        id: &id,
+                        user: &ok.user_id,
+                        sid: &ok.sid,
+                    },
+                    source: ok.source.as_str(),
+                },
+            );
             s.extensions.insert(SocketSession {
                 user_id: ok.user_id,
                 sid: ok.sid,
@@ -209,20 +212,15 @@ async fn authenticate<A: Adapter>(
             Ok(())
         }
         Err((err, sid)) => {
-            state.metrics.handshake(err.outcome());
-            let mut event = handshake_event(&s, audit::action::AUTH_FAILED, Severity::Warn);
-            event.user_id = err.user().map(ToString::to_string);
-            event.session_ref = sid.as_deref().map(session::fingerprint);
-            event.reason = Some(err.reason());
             // Queued; written when the database is reachable again.
-            crate::audit::refusal::record(&state, ip, event, |suppressed| match &err {
-                AuthError::StoreUnavailable(e) => {
-                    tracing::error!(socket = %s.id, error = %e, suppressed_since_last = suppressed, "session store unreachable: handshake refused (fail closed)")
-                }
-                _ => {
-                    tracing::warn!(socket = %s.id, reason = %err.reason(), ip = ?ip, suppressed_since_last = suppressed, "handshake refused")
-                }
-            });
+            state.events.report(
+                client,
+                Record::HandshakeRefused {
+                    socket_id: &id,
+                    error: &err,
+                    sid: sid.as_deref(),
+                },
+            );
             Err(refused(err.to_string()))
         }
     }
@@ -362,18 +360,22 @@ fn count_out<A: Adapter>(s: &SocketRef<A>, state: &AppState, reason: &str, error
     {
         return;
     }
-    state.registry.remove(&session.sid, &s.id.to_string());
+    let id = s.id.to_string();
+    state.registry.remove(&session.sid, &id);
     state.metrics.live_sockets.dec();
-    let fingerprint = session::fingerprint(&session.sid);
-    if error {
-        tracing::warn!(socket = %s.id, user = %session.user_id, session = %fingerprint, error = %reason, "socket error");
-    }
-    tracing::info!(socket = %s.id, user = %session.user_id, session = %fingerprint, %reason, "socket disconnected");
-    let mut event = AuditEvent::new(audit::action::DISCONNECTED, Severity::Info);
-    event.socket_id = Some(s.id.to_string());
-    event.user_id = Some(session.user_id.to_string());
-    event.session_ref = Some(fingerprint);
-    event.reason = Some(reason.to_owned());
-    event.client_ip = client_ip(s);
-    state.audit.record(event);
+    state.events.report(
+        Client {
+            ip: client_addr(s),
+            ..Client::default()
+        },
+        Record::Disconnected {
+            socket: Who {
+                id: &id,
+                user: &session.user_id,
+                sid: &session.sid,
+            },
+            reason,
+            error,
+        },
+    );
 }
