@@ -1,6 +1,7 @@
-//! Command line: `sockgate` (serve), `sockgate migrate`,
-//! `sockgate check`, `sockgate session mint --user <id>`. The conformance
-//! suite is a binary of its own (`sockgate-conformance`).
+//! Command line: `sockgate` (serve), `sockgate migrate`, `sockgate check`,
+//! `sockgate session mint --user <id>`. The conformance suite is a binary of
+//! its own (`sockgate-conformance`). Only parses and dispatches: what each
+//! command does is `server`'s, `db`'s or `session`'s.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

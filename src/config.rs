@@ -1,5 +1,8 @@
 //! All configuration in one struct, read from flags and the environment.
-//! Defaults run a development server on an embedded SQLite file.
+//! Defaults run a development server on an embedded SQLite file. It reads and
+//! validates but never opens the database or a socket; of the modules above
+//! it, it borrows only the types of the secrets (`session::signature`) and of
+//! the table mapping (`db::tables`).
 
 use std::net::SocketAddr;
 use std::time::Duration;

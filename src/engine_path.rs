@@ -1,7 +1,8 @@
 //! Where the Socket.IO layer serves engine.io, and the one test of whether a
 //! request is for it. Every layer that must see each engine request (the
 //! origin guard, the handshake's request trimming) asks here, so no spelling
-//! the engine accepts can slip past one of them.
+//! the engine accepts can slip past one of them. Depends on nothing and knows
+//! none of the layers that ask.
 
 /// Where the Socket.IO layer serves engine.io (the engine's `req_path`).
 pub const ENGINE_PATH: &str = "/socket.io";

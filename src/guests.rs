@@ -1,9 +1,10 @@
 //! Soft-locked guests: the rules (who may lock whom, what the client is
-//! told), the rows behind them, in the app's tables through the mapping or
-//! in sockgate's own ([`crate::db::tables`]), and the admin's use case
+//! told), the rows behind them, in the app's tables through the mapping or in
+//! sockgate's own ([`crate::db::tables`]), and the admin's use case
 //! ([`authorize`], then [`lock_and_disconnect`]); the HTTP route in `admin`
 //! only parses and answers. The route and the session watcher both end a
-//! guest's sockets through [`disconnect_user`].
+//! guest's sockets through [`disconnect_user`]. Knows nothing of HTTP or
+//! Socket.IO: sockets end through `live::fleet`.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 use serde_json::json;

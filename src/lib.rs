@@ -35,9 +35,11 @@
 //!   names; `adapter`: the PostgreSQL adapter's driver; `zone_probe`;
 //!   `dev_seed`; `check`: `sockgate check`).
 //! - **Everywhere, depending on nothing above:** `config` (one struct from
-//!   flags and env), `origin` (the allowlist's rules), `limits` (what one
-//!   client may hold), `messages` (client-facing texts), `metrics`,
-//!   `telemetry`, `supervise`, `engine_path`.
+//!   flags and env; the one exception, it borrows the types of the secrets
+//!   from `session::signature` and of the table mapping from `db::tables`),
+//!   `origin` (the allowlist's rules), `limits` (what one client may hold),
+//!   `messages` (client-facing texts), `metrics`, `telemetry`, `supervise`,
+//!   `engine_path`.
 //!
 //! Beside the crate: `entity` and `migration` (sockgate's own tables),
 //! `conformance` (the behaviour suite against any deployment, a binary of

@@ -1,4 +1,7 @@
-//! Prometheus metrics, served at `/metrics`.
+//! Prometheus metrics, served at `/metrics`: this node's counters and gauges,
+//! registered once, and their text. Knows nothing of what moves them or of
+//! the route: callers count (most through `audit::event`), and `http::router`
+//! serves the text.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

@@ -1,6 +1,8 @@
 //! The Origin allowlist: which browser origins may open a socket or call a
 //! state-changing route. Origins are compared normalized (scheme, host,
 //! port), exactly; the only wildcard is an explicit `*.` subdomain pattern.
+//! Plain rules: knows nothing of the layer that enforces them
+//! (`http::origin_guard`), of sockets or of the audit.
 
 use std::fmt;
 

@@ -1,7 +1,8 @@
-//! Background tasks that must outlive their own bugs: a panic is logged
-//! (by the panic hook), counted in `/metrics` and the task started again
-//! after a short backoff, instead of the node silently losing its session
-//! re-checks or its audit writer.
+//! Background tasks that must outlive their own bugs: a panic is logged (by
+//! the panic hook), counted in `/metrics` and the task started again after a
+//! short backoff, instead of the node silently losing its session re-checks
+//! or its audit writer. Knows nothing of the tasks it runs beyond their
+//! names.
 
 use std::future::Future;
 use std::time::Duration;

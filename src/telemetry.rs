@@ -1,4 +1,7 @@
-//! Structured logs through tracing; JSON on request (`LOG_FORMAT=json`).
+//! Structured logs through tracing; JSON on request (`LOG_FORMAT=json`). The
+//! panic hook is here too: a panic becomes one rate-limited error line, so a
+//! client that found a panicking input cannot flood the log. Sets up where
+//! logs go, never what they say: each module words its own lines.
 
 use tracing_subscriber::EnvFilter;
 

@@ -1,7 +1,8 @@
 //! Instant revocation on PostgreSQL (opt-in): a trigger on the session table
 //! NOTIFYs when a row is deleted (logout, regenerate, prune) and every node
 //! LISTENs, ending that session's sockets within a second instead of at the
-//! next interval check.
+//! next interval check. It only hands the notice to the watcher, which ends
+//! the sockets and records it; it knows no socket and writes no audit row.
 //!
 //! The notice carries the SHA-256 of the session id, never the id itself:
 //! any role that can LISTEN on the database can read it.

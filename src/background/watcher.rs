@@ -1,7 +1,9 @@
 //! Keeps every live socket's session honest: one task per node re-checks all
 //! of this node's sessions on an interval, in batched queries, ends the
 //! sockets of sessions that are gone or expired (`session_expired` first) and
-//! extends sessions close to expiry.
+//! extends sessions close to expiry. Knows nothing of HTTP, the handshake or
+//! Socket.IO: a session is judged by `session::rules` and sockets are ended
+//! through `live` and `guests`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! The driver under socketioxide's PostgreSQL adapter: its own sqlx driver,
-//! except for a LISTEN stream that outlives a database restart.
+//! except for a LISTEN stream that outlives a database restart. Knows nothing
+//! of sessions or of what the adapter carries.
 //!
 //! socketioxide-postgres 0.2.0's sqlx driver hands the adapter
 //! `PgListener::into_stream()`. That stream ends at its first error (sqlx's

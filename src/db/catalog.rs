@@ -1,5 +1,6 @@
 //! What the database says a table looks like: its columns, their types and
-//! whether a row can be inserted without naming them. Read-only.
+//! whether a row can be inserted without naming them. Read-only, and it
+//! judges nothing: whether a table serves the mapping is `db::tables`'s call.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 

@@ -1,6 +1,7 @@
 //! `sockgate check`: what `serve` will rely on, printed without starting the
 //! server or writing anything. The checks are the ones `serve` runs at start
-//! ([`crate::db::prepare::check_tables`]); this adds the report.
+//! ([`crate::db::prepare::check_tables`]); this adds the report, never a
+//! check of its own, and knows nothing of HTTP or sockets.
 
 use sea_orm::DbBackend;
 

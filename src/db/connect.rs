@@ -1,9 +1,10 @@
 //! Connecting to the session database: SQLite in development, PostgreSQL in
-//! production, both behind one sea-orm connection.
+//! production, both behind one sea-orm connection. Knows nothing of what a
+//! session row means, nor of HTTP or sockets.
 //!
 //! On PostgreSQL the zone the Node app's connections use is detected once
 //! (or configured) and every statement on `expire` names it (see
-//! `session_store`): `expire` is a timestamp WITHOUT time zone, written by
+//! `session::store`): `expire` is a timestamp WITHOUT time zone, written by
 //! connect-pg-simple as `to_timestamp(..)` in that zone. No connection's
 //! `TimeZone` is relied on: sqlx opens every connection with `TimeZone=UTC`,
 //! and a pooler may reset whatever a session sets.

@@ -1,6 +1,7 @@
-//! The development database (SQLite): a user to log in as, an
-//! organization it administers and a guest to lock, in sockgate's own
-//! tables. Never run against a deployment's database.
+//! The development database (SQLite): a user to log in as, an organization it
+//! administers and a guest to lock, in sockgate's own tables. Never run
+//! against a deployment's database. Writes rows only; knows nothing of
+//! sessions, which the development sign-in mints.
 
 use chrono::Utc;
 

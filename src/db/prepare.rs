@@ -2,7 +2,8 @@
 //! everything it relies on there: the session table, sockgate's schema and
 //! migrations, the mapped (or own) guest, member and audit tables. The one
 //! place that knows what SQLite development does beyond PostgreSQL
-//! (migrating, creating the session table, seeding).
+//! (migrating, creating the session table, seeding). Knows nothing of what
+//! the command does next, nor of HTTP or sockets.
 
 use anyhow::Context;
 

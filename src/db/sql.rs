@@ -1,6 +1,8 @@
 //! Statements over tables whose names come from configuration: every
 //! identifier quoted, every value bound, the placeholder style of the
 //! backend. Nothing from a config file or a request is spliced in unquoted.
+//! Knows no table or column by name; callers bring them from the
+//! configuration or the mapping.
 
 use sea_orm::{DbBackend, Statement, Value};
 

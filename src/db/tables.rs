@@ -1,6 +1,8 @@
-//! Where sockgate reads guests and members and writes its audit rows: its
-//! own tables in its own namespace (the default), or the Node app's tables
-//! through a declared mapping (README › Beside your app).
+//! Where sockgate reads guests and members and writes its audit rows: its own
+//! tables in its own namespace (the default), or the Node app's tables
+//! through a declared mapping (README › Beside your app). It says which table
+//! and column play each part, never what a row means: the guest rules are
+//! `guests`'s and the audit rows `audit`'s.
 //!
 //! Both go through the same statements: sockgate's own tables are simply
 //! the default mapping. Every mapped table and column is checked against

@@ -1,13 +1,16 @@
 //! Detecting the time zone a client that sends none gets: the role's, the
-//! database's or the server's default, which is the zone node-postgres
-//! (hence connect-pg-simple) writes `expire` in. sqlx always sends
-//! `TimeZone=UTC`, so the probe connects with tokio-postgres, which sends
-//! none, and with the TLS the URL asks for: the same `sslmode` semantics
-//! as the pool's sqlx connections (`disable`; `allow`/`prefer` try TLS
-//! and fall back to plain text when the server has none; `require`
-//! encrypts without checking the certificate; `verify-ca` checks the chain;
-//! `verify-full` the chain and the host name), roots from `sslrootcert`
-//! or else the Mozilla set.
+//! database's or the server's default, which is the zone node-postgres (hence
+//! connect-pg-simple) writes `expire` in. It only answers with the zone;
+//! knows nothing of the session table or the pool, which `db::connect` sets
+//! up.
+//!
+//! sqlx always sends `TimeZone=UTC`, so the probe connects with
+//! tokio-postgres, which sends none, and with the TLS the URL asks for: the
+//! same `sslmode` semantics as the pool's sqlx connections (`disable`;
+//! `allow`/`prefer` try TLS and fall back to plain text when the server has
+//! none; `require` encrypts without checking the certificate; `verify-ca`
+//! checks the chain; `verify-full` the chain and the host name), roots from
+//! `sslrootcert` or else the Mozilla set.
 
 use std::future::Future;
 use std::io;

@@ -1,6 +1,8 @@
 //! `POST /api/admin/guest/{guestId}/disconnect`: an organization admin
 //! soft-locks a guest and cuts them off every socket on every node. The
-//! Origin guard in front of it refuses cross-site posts.
+//! Origin guard in front of it refuses cross-site posts. Only parses and
+//! answers: who is asking is `session::auth`'s decision, who may lock whom
+//! and the lock itself are `guests`'s.
 
 use axum::Json;
 use axum::body::Bytes;

@@ -1,8 +1,10 @@
 //! The Origin allowlist as an HTTP layer, in front of the Socket.IO layer so
-//! that both transports (the long-polling requests and the websocket
-//! upgrade) are checked before engine.io sees them, and in front of every
+//! that both transports (the long-polling requests and the websocket upgrade)
+//! are checked before engine.io sees them, and in front of every
 //! state-changing route (CSRF). CORS response headers alone never protect a
-//! websocket: this layer refuses.
+//! websocket: this layer refuses. It also holds new engine.io sessions to the
+//! per-IP handshake rate. Which origins pass and how fast is `origin`'s and
+//! `limits`'s to say; this layer only enforces them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

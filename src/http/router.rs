@@ -1,4 +1,9 @@
-//! HTTP routes around the Socket.IO layer.
+//! HTTP routes around the Socket.IO layer: health, readiness, metrics, the
+//! admin route and the browser client, the Socket.IO layer over the
+//! configured adapter, and the layers in front of them, ordered so that a
+//! panic anywhere is a counted 500 and the Origin guard sees every request
+//! before engine.io does. Holds no rules: a route's work is its own module's,
+//! a socket's is `socket::layer`'s.
 
 use axum::Router;
 use axum::extract::State;

@@ -1,5 +1,7 @@
 //! The browser client (`web/`) and, on SQLite only, the development sign-in
-//! that gives a browser a session cookie for a seeded user.
+//! that gives a browser a session cookie for a seeded user. Holds no session
+//! rules and writes no session row: `session::mint` writes it as the Node app
+//! would.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,7 +1,9 @@
 //! Operations on a user's sockets on every node. They go through Socket.IO
 //! rooms (`user:<id>`), so the configured adapter (local, PostgreSQL or
 //! Redis) carries them to the other nodes; on each node an emit and a
-//! disconnect to the same room keep their order per socket.
+//! disconnect to the same room keep their order per socket. Decides nothing:
+//! why a user's sockets end is the caller's (`guests`), and it knows nothing
+//! of HTTP or the database.
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
 //! The live sockets of this node, by session: what the watcher re-checks and
 //! what revocation ends. Each node knows only its own sockets; cross-node
-//! operations go through Socket.IO rooms.
+//! operations go through Socket.IO rooms. Knows nothing of Socket.IO itself
+//! (a socket is a `SocketHandle`), of HTTP or of the database.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

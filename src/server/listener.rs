@@ -1,7 +1,8 @@
-//! Accepting connections: the per-IP connection limit, and hyper's bounds
-//! on the request head (size and read time). `axum::serve` sets neither, so
-//! a client could hold a connection forever by sending one header byte at
-//! a time.
+//! Accepting connections: the per-IP connection limit, and hyper's bounds on
+//! the request head (size and read time). `axum::serve` sets neither, so a
+//! client could hold a connection forever by sending one header byte at a
+//! time. Knows nothing of routes, sessions or Socket.IO: it serves whatever
+//! router it is handed.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,7 +1,8 @@
 //! Assembling and running the server: the database opened and checked, the
-//! shared state built, the audit writer, the background tasks, the
-//! Socket.IO layer and the HTTP routes mounted on the listener. The top of
-//! the house: nothing below imports it.
+//! shared state built, the audit writer, the background tasks, the Socket.IO
+//! layer and the HTTP routes mounted on the listener. The top of the house:
+//! nothing below imports it. It handles no request and no socket itself; that
+//! is `http`'s and `socket`'s once mounted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

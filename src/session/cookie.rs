@@ -1,5 +1,6 @@
 //! Where a connection's session id comes from, parsed exactly as
-//! express-session (and the npm `cookie` package under it) parses it.
+//! express-session (and the npm `cookie` package under it) parses it. It ends
+//! at the session id: knows nothing of the store or of what a session holds.
 //!
 //! `cookie.parse` is ported rather than delegated to the `cookie` crate on
 //! purpose: the crate follows RFC 6265, the Node app follows the npm package,

@@ -1,7 +1,8 @@
 //! Writing a logged-in session as the Node app would after a login
 //! (`sockgate session mint`, the development sign-in, the test and
 //! conformance fixtures): a new session id, its row through the store, and
-//! the signed cookie value express-session would set.
+//! the signed cookie value express-session would set. Knows nothing of HTTP
+//! or SQL: setting the cookie is the caller's, the row is `session::store`'s.
 
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
-//! cookie-signature compatible signing, as express-session uses it.
+//! cookie-signature compatible signing, as express-session uses it. Knows
+//! nothing of cookies or sessions: it signs and unsigns strings.
 //!
 //! `sign(val, secret) = val + "." + base64(HMAC-SHA256(secret, val))` with the
 //! trailing `=` removed. Unsigning recomputes the whole signed string and

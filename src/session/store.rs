@@ -1,7 +1,8 @@
 //! Reads and writes connect-pg-simple's session table, the way
 //! connect-pg-simple itself does, one round trip per call; what differs
 //! between PostgreSQL and SQLite is asked of [`Dialect`], so nothing here
-//! matches on the backend.
+//! matches on the backend. It reads rows but never judges them: whether a
+//! session is live, and whose it is, is `session::rules`'s to say.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};

@@ -1,4 +1,6 @@
-//! What engine.io keeps of a Socket.IO request.
+//! What engine.io keeps of a Socket.IO request. Knows nothing of sessions or
+//! authentication; it only decides which parts of the request outlive the
+//! handshake.
 //!
 //! engineioxide keeps each session's handshake request (`req_parts`) for the
 //! session's whole life: socketioxide hands it to the connect middleware, and
