@@ -81,7 +81,7 @@ impl SessionStore {
     }
 
     /// The session row for `sid`, expired or not; the caller judges expiry
-    /// with [`crate::session::rules::is_live`], which is connect-pg-simple's rule.
+    /// with `session::rules::is_live`, which is connect-pg-simple's rule.
     pub async fn load(&self, sid: &str) -> Result<Option<StoredSession>, StoreError> {
         let stmt = self
             .dialect
