@@ -8,9 +8,11 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::db::prepare::{self, Opened, Purpose};
+use crate::db::tables::Mapping;
 use crate::server::start as server;
 use crate::session::mint::mint_session;
 use crate::session::rules::UserId;
+use crate::session::signature::Secrets;
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +71,10 @@ pub enum SessionCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
     config.validate()?;
+    // Checked up front for every command, so a bad secret or mapping file
+    // is named before anything connects.
+    Secrets::of(&config)?;
+    Mapping::of(&config)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Check => crate::db::check::run(&config).await,
         Command::Serve => {
@@ -113,7 +119,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &config.session_table,
                 None,
             );
-            let minted = mint_session(&store, &config.secrets()?, &UserId::new(user), ttl)
+            let minted = mint_session(&store, &Secrets::of(&config)?, &UserId::new(user), ttl)
                 .await
                 .context("could not write the session row")?;
             println!("Cookie: {}={}", config.cookie_name, minted.cookie_value);

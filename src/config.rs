@@ -1,8 +1,8 @@
 //! All configuration in one struct, read from flags and the environment.
 //! Defaults run a development server on an embedded SQLite file. It reads and
-//! validates but never opens the database or a socket; of the modules above
-//! it, it borrows only the types of the secrets (`session::signature`) and of
-//! the table mapping (`db::tables`).
+//! validates but never opens the database or a socket, and knows nothing of
+//! the modules above it: the secrets and the table mapping it names are
+//! built and checked where they live (`Secrets::of`, `Mapping::of`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,7 +10,6 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::origin::{Allowlist, Entry};
-use crate::session::signature::{Secrets, SecretsError};
 
 /// The secret a development server signs with when none is configured. Only
 /// accepted on SQLite: a PostgreSQL deployment must be given the Node app's.
@@ -287,8 +286,6 @@ pub enum LogFormat {
 pub enum ConfigError {
     #[error("SESSION_SECRET is required when DATABASE_URL is not SQLite")]
     SecretRequired,
-    #[error(transparent)]
-    Secrets(#[from] SecretsError),
     #[error("{what} {name:?} may not contain double quotes or NUL")]
     BadIdentifier { what: &'static str, name: String },
     #[error("ADAPTER=postgres needs DATABASE_URL to be PostgreSQL")]
@@ -309,8 +306,6 @@ pub enum ConfigError {
     HeaderBytesTooSmall,
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
-    #[error(transparent)]
-    Mapping(#[from] crate::db::tables::MappingError),
     #[error("{what}: {entry:?} is not an origin ({error})")]
     BadOrigin {
         what: &'static str,
@@ -344,13 +339,6 @@ impl Config {
         }
     }
 
-    /// The declared mapping of the app's tables (empty: sockgate's own).
-    pub fn mapping(&self) -> Result<crate::db::tables::Mapping, ConfigError> {
-        Ok(crate::db::tables::Mapping::load(
-            self.config_file.as_deref(),
-        )?)
-    }
-
     pub fn is_sqlite(&self) -> bool {
         self.database_url.starts_with("sqlite:")
     }
@@ -362,17 +350,6 @@ impl Config {
     /// DATABASE_URL cannot come up reachable or join a production cluster.
     pub fn is_development(&self) -> bool {
         self.is_sqlite()
-    }
-
-    /// The secrets, with the development fallback in development mode only.
-    pub fn secrets(&self) -> Result<Secrets, ConfigError> {
-        if self.secrets.is_empty() {
-            if self.is_development() {
-                return Ok(Secrets::new([DEV_SECRET])?);
-            }
-            return Err(ConfigError::SecretRequired);
-        }
-        Ok(Secrets::new(self.secrets.iter().cloned())?)
     }
 
     /// ALLOWED_ORIGINS, else APP_URL's origin, else the server's own URL
@@ -420,7 +397,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.secrets()?;
+        // The secrets' own rules and the mapping file are checked where they
+        // are built (`Secrets::of`, `Mapping::of`), which every command does
+        // before it starts.
+        if self.secrets.is_empty() && !self.is_development() {
+            return Err(ConfigError::SecretRequired);
+        }
         self.allowlist()?;
         let adapter = self.adapter()?;
         if self.is_development() {
@@ -461,7 +443,6 @@ impl Config {
         }
         check_identifier("SESSION_TABLE", &self.session_table)?;
         check_identifier("SOCKGATE_SCHEMA", &self.sockgate_schema)?;
-        self.mapping()?;
         if let Some(schema) = &self.session_schema {
             check_identifier("SESSION_SCHEMA", schema)?;
         }

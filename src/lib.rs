@@ -35,8 +35,8 @@
 //!   names; `adapter`: the PostgreSQL adapter's driver; `zone_probe`;
 //!   `dev_seed`; `check`: `sockgate check`).
 //! - **Everywhere, depending on nothing above:** `config` (one struct from
-//!   flags and env; the one exception, it borrows the types of the secrets
-//!   from `session::signature` and of the table mapping from `db::tables`),
+//!   flags and env; the secrets and the table mapping it names are built
+//!   and checked by `Secrets::of` and `Mapping::of`, where they live),
 //!   `origin` (the allowlist's rules), `limits` (what one client may hold),
 //!   `messages` (client-facing texts), `metrics`, `telemetry`, `supervise`,
 //!   `engine_path`.

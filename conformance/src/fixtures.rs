@@ -106,7 +106,7 @@ impl Fixtures {
             .to_ascii_lowercase();
         let rows = RowWriter::new(db.conn.clone(), format!("{PREFIX}{run}"));
         Ok(Self {
-            secrets: config.secrets()?,
+            secrets: Secrets::of(config)?,
             config: config.clone(),
             db,
             store,

@@ -90,6 +90,6 @@ pub async fn check_tables(config: &Config, db: &Database) -> anyhow::Result<Tabl
             "{pending} sockgate migration(s) pending: run `sockgate migrate` against this database first"
         );
     }
-    let mapping = config.mapping()?;
+    let mapping = crate::db::tables::Mapping::of(config)?;
     Ok(Tables::resolve(&db.conn, db.session_zone.as_deref(), &ns, &mapping).await?)
 }

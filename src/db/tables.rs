@@ -96,6 +96,12 @@ pub enum MappingError {
 }
 
 impl Mapping {
+    /// The declared mapping of the app's tables (empty: sockgate's own),
+    /// from the configured file and the environment.
+    pub fn of(config: &crate::config::Config) -> Result<Self, MappingError> {
+        Self::load(config.config_file.as_deref())
+    }
+
     /// The config file (if any), then `SOCKGATE_GUESTS__*`,
     /// `SOCKGATE_MEMBERS__*` and `SOCKGATE_AUDIT__*` over it.
     pub fn load(file: Option<&Path>) -> Result<Self, MappingError> {

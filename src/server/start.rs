@@ -23,6 +23,7 @@ use crate::live::fleet::FleetCell;
 use crate::live::registry::Registry;
 use crate::metrics::Metrics;
 use crate::session::auth::Authenticator;
+use crate::session::signature::Secrets;
 use crate::session::store::SessionStore;
 use crate::state::AppState;
 
@@ -40,7 +41,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     );
     let auth = Authenticator {
         store,
-        secrets: config.secrets()?,
+        secrets: Secrets::of(&config)?,
         cookie_name: config.cookie_name.clone(),
     };
     let metrics = Metrics::new();
@@ -191,7 +192,7 @@ fn announce(state: &AppState, addr: SocketAddr) {
         require_origin = state.config.require_origin,
         "origin allowlist"
     );
-    if let Ok(secrets) = state.config.secrets() {
+    if let Ok(secrets) = Secrets::of(&state.config) {
         for n in secrets.short() {
             tracing::warn!(
                 "session secret #{n} is shorter than {} bytes: use a long random secret in the Node app and here",

@@ -38,6 +38,15 @@ pub enum SecretsError {
 pub const MIN_SECRET_BYTES: usize = 32;
 
 impl Secrets {
+    /// The configured secrets, with the public development secret in
+    /// development mode (SQLite) only.
+    pub fn of(config: &crate::config::Config) -> Result<Self, SecretsError> {
+        if config.secrets.is_empty() && config.is_development() {
+            return Self::new([crate::config::DEV_SECRET]);
+        }
+        Self::new(config.secrets.iter().cloned())
+    }
+
     pub fn new<I, S>(secrets: I) -> Result<Self, SecretsError>
     where
         I: IntoIterator<Item = S>,
