@@ -18,7 +18,6 @@ use tower::Service;
 
 use crate::config::LimitsConfig;
 use crate::limits::{ConnectionCounter, Counted};
-use crate::metrics::Metrics;
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits up to
 /// 5 s for open requests.
@@ -26,7 +25,6 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: &LimitsConfig,
-    metrics: Metrics,
     on_refused: impl Fn(SocketAddr) + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
@@ -49,7 +47,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Some(permit) = counter.acquire(remote.ip()) else {
-            metrics.refused("connections_per_ip");
+            // Counted, logged and audited by the caller's event.
             on_refused(remote);
             tokio::spawn(refuse(stream));
             continue;

@@ -148,7 +148,6 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
         });
     let (tx, rx) = oneshot::channel::<()>();
     let limits = state.config.limits.clone();
-    let metrics = state.metrics.clone();
     let refused_state = state.clone();
     let on_refused = move |remote: SocketAddr| {
         let max = refused_state.config.limits.max_connections_per_ip;
@@ -166,7 +165,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
     };
     let join = tokio::spawn(async move {
         let result =
-            crate::server::listener::serve(listener, app, &limits, metrics, on_refused, async {
+            crate::server::listener::serve(listener, app, &limits, on_refused, async {
                 let _ = rx.await;
             })
             .await;
