@@ -164,11 +164,10 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
         );
     };
     let join = tokio::spawn(async move {
-        let result =
-            crate::server::listener::serve(listener, app, &limits, on_refused, async {
-                let _ = rx.await;
-            })
-            .await;
+        let result = crate::server::listener::serve(listener, app, &limits, on_refused, async {
+            let _ = rx.await;
+        })
+        .await;
         watcher.abort();
         if let Some(task) = revocations {
             task.abort();
