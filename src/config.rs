@@ -1,8 +1,9 @@
 //! All configuration in one struct, read from flags and the environment.
 //! Defaults run a development server on an embedded SQLite file. It reads and
 //! validates but never opens the database or a socket, and knows nothing of
-//! the modules above it: the secrets and the table mapping it names are
-//! built and checked where they live (`Secrets::of`, `Mapping::of`).
+//! the modules above it: the secrets, the table mapping and the event proxy
+//! it names are built and checked where they live (`Secrets::of`,
+//! `Mapping::of`, `Proxy::of`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -132,6 +133,53 @@ pub struct Config {
     #[arg(long, env = "WEB_DIR", global = true)]
     pub web_dir: Option<std::path::PathBuf>,
 
+    /// The Node app's endpoint for client events (README › Handling client
+    /// events in the Node app): allowed events are POSTed there, signed.
+    /// Unset: client events other than `whoami` are ignored.
+    #[arg(long, env = "EVENT_PROXY_URL", global = true)]
+    pub event_proxy_url: Option<String>,
+
+    /// Client events forwarded, comma-separated; `*` matches any run of
+    /// characters (`chat:*`, `*`). Required with EVENT_PROXY_URL.
+    #[arg(long, env = "EVENT_PROXY_EVENTS", global = true)]
+    pub event_proxy_events: Option<String>,
+
+    /// Shared secret of the HMAC-SHA256 signature of every forwarded
+    /// event. Required with EVENT_PROXY_URL.
+    #[arg(
+        long,
+        env = "EVENT_PROXY_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub event_proxy_secret: Option<String>,
+
+    /// Forward the session cookie (`connect.sid=s%3A...`) in the body, so the
+    /// app can load the session itself. Off: the app gets the session's
+    /// fingerprint only.
+    #[arg(long, env = "EVENT_PROXY_FORWARD_COOKIE", global = true)]
+    pub event_proxy_forward_cookie: bool,
+
+    /// How long the app has to answer a forwarded event before the client
+    /// is acked `proxy_timeout`.
+    #[arg(
+        long,
+        env = "EVENT_PROXY_TIMEOUT_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
+    pub event_proxy_timeout_ms: u64,
+
+    /// Forwarded events of one socket waiting for the app at once; the next
+    /// is acked `too_many_in_flight`.
+    #[arg(
+        long,
+        env = "EVENT_PROXY_MAX_IN_FLIGHT",
+        default_value_t = 8,
+        global = true
+    )]
+    pub event_proxy_max_in_flight: usize,
+
     /// TOML file mapping the Node app's guest, member and audit tables
     /// (README › Beside your app). `SOCKGATE_GUESTS__*`, `SOCKGATE_MEMBERS__*`
     /// and `SOCKGATE_AUDIT__*` override its entries.
@@ -146,6 +194,36 @@ pub struct Config {
         global = true
     )]
     pub sockgate_schema: String,
+
+    /// `@socket.io/postgres-emitter`'s `channelPrefix`: every node LISTENs
+    /// on `<prefix>#/` (PostgreSQL only; README › Talking to your users).
+    #[arg(
+        long,
+        env = "EMITTER_POSTGRES_CHANNEL",
+        default_value = "socket.io",
+        global = true
+    )]
+    pub emitter_postgres_channel: String,
+
+    /// `@socket.io/postgres-emitter`'s `tableName`, where it stores binary
+    /// and large packets (`schema.table` allowed). sockgate only reads it.
+    #[arg(
+        long,
+        env = "EMITTER_POSTGRES_TABLE",
+        default_value = "socket_io_attachments",
+        global = true
+    )]
+    pub emitter_postgres_table: String,
+
+    /// `@socket.io/redis-emitter`'s `key` (with `ADAPTER=redis`): every node
+    /// subscribes to `<key>#/#*` and `<key>-request#/#`.
+    #[arg(
+        long,
+        env = "EMITTER_REDIS_KEY",
+        default_value = "socket.io",
+        global = true
+    )]
+    pub emitter_redis_key: String,
 
     #[command(flatten)]
     pub limits: LimitsConfig,
@@ -306,6 +384,8 @@ pub enum ConfigError {
     HeaderBytesTooSmall,
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
+    #[error("{0} is required when EVENT_PROXY_URL is set")]
+    ProxyNeeds(&'static str),
     #[error("{what}: {entry:?} is not an origin ({error})")]
     BadOrigin {
         what: &'static str,
@@ -440,6 +520,27 @@ impl Config {
         }
         if self.cookie_name.is_empty() {
             return Err(ConfigError::EmptyCookieName);
+        }
+        // The URL's and the patterns' form are checked where they are
+        // parsed (`Proxy::of`); here, what must come with the URL.
+        if self
+            .event_proxy_url
+            .as_deref()
+            .is_some_and(|u| !u.trim().is_empty())
+        {
+            let blank = |v: &Option<String>| v.as_deref().is_none_or(|v| v.trim().is_empty());
+            if blank(&self.event_proxy_secret) {
+                return Err(ConfigError::ProxyNeeds("EVENT_PROXY_SECRET"));
+            }
+            if blank(&self.event_proxy_events) {
+                return Err(ConfigError::ProxyNeeds("EVENT_PROXY_EVENTS"));
+            }
+            if self.event_proxy_timeout_ms == 0 {
+                return Err(ConfigError::ZeroLimit("EVENT_PROXY_TIMEOUT_MS"));
+            }
+            if self.event_proxy_max_in_flight == 0 {
+                return Err(ConfigError::ZeroLimit("EVENT_PROXY_MAX_IN_FLIGHT"));
+            }
         }
         check_identifier("SESSION_TABLE", &self.session_table)?;
         check_identifier("SOCKGATE_SCHEMA", &self.sockgate_schema)?;

@@ -21,9 +21,18 @@
 //!   over `live/` (`registry`: this node's sockets; `fleet`: a user's
 //!   sockets on every node) and `guests` (who may lock whom, and the lock
 //!   use case).
+//! - **The Node app's emitters:** `emitter/` (`message`: the official
+//!   emitters' wire format decoded into one `Operation`; `apply`: an
+//!   operation on this node's sockets; `postgres`: the LISTEN for
+//!   `@socket.io/postgres-emitter`; `redis`: the subscription for
+//!   `@socket.io/redis-emitter`), beside `live/`, over `state`.
 //! - **What happened, on the record:** `audit/` (`event`: the typed events,
 //!   each turned into its audit row, metric and log line in one place;
 //!   `writer`: the batched audit writer).
+//! - **Client events to the Node app:** `proxy/` (`rules`: the allowlist's
+//!   patterns, the signed body, the answer's ack and rooms, the error acks
+//!   and the in-flight budget, all pure; `client`: the POST through hyper).
+//!   Called by `socket/`; `audit::event` names its errors.
 //! - **Sessions, plain functions and types:** `session/` (`signature`:
 //!   cookie-signature; `cookie`: the session id from the cookie or `auth`,
 //!   as the npm packages parse it; `rules`: what a stored session means;
@@ -35,8 +44,9 @@
 //!   names; `adapter`: the PostgreSQL adapter's driver; `zone_probe`;
 //!   `dev_seed`; `check`: `sockgate check`).
 //! - **Everywhere, depending on nothing above:** `config` (one struct from
-//!   flags and env; the secrets and the table mapping it names are built
-//!   and checked by `Secrets::of` and `Mapping::of`, where they live),
+//!   flags and env; the secrets, the table mapping and the event proxy it
+//!   names are built and checked by `Secrets::of`, `Mapping::of` and
+//!   `Proxy::of`, where they live),
 //!   `origin` (the allowlist's rules), `limits` (what one client may hold),
 //!   `messages` (client-facing texts), `metrics`, `telemetry`, `supervise`,
 //!   `engine_path`.
@@ -54,6 +64,7 @@ mod background;
 pub mod cli;
 mod config;
 pub mod db;
+mod emitter;
 mod engine_path;
 mod guests;
 mod http;
@@ -62,6 +73,7 @@ mod live;
 mod messages;
 mod metrics;
 mod origin;
+mod proxy;
 pub mod server;
 pub mod session;
 pub mod socket;

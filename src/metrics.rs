@@ -10,6 +10,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, &'static str)>;
@@ -35,6 +36,11 @@ pub struct Metrics {
     pub panics: Counter,
     pub refusals: Family<Labels, Counter>,
     pub background_restarts: Family<Labels, Counter>,
+    pub proxy_calls: Family<Labels, Counter>,
+    pub proxy_seconds: Histogram,
+    pub emitter_received: Family<Labels, Counter>,
+    pub emitter_applied: Family<Labels, Counter>,
+    pub emitter_malformed: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -66,6 +72,12 @@ impl Metrics {
             panics: Counter::default(),
             refusals: Family::default(),
             background_restarts: Family::default(),
+            proxy_calls: Family::default(),
+            // 5 ms to about 20 s: past the longest EVENT_PROXY_TIMEOUT_MS anyone sets.
+            proxy_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 13)),
+            emitter_received: Family::default(),
+            emitter_applied: Family::default(),
+            emitter_malformed: Family::default(),
         };
         r.register(
             "handshakes",
@@ -157,6 +169,31 @@ impl Metrics {
             "Background tasks restarted after a panic, by task",
             m.background_restarts.clone(),
         );
+        r.register(
+            "proxy_calls",
+            "Client events for the app's event proxy, by outcome (ok, or the error ack's code)",
+            m.proxy_calls.clone(),
+        );
+        r.register(
+            "proxy_seconds",
+            "Time from a forwarded event to the app's answer (or its failure)",
+            m.proxy_seconds.clone(),
+        );
+        r.register(
+            "emitter_received",
+            "Operations received from the Node app's Socket.IO emitter, by source and kind",
+            m.emitter_received.clone(),
+        );
+        r.register(
+            "emitter_applied",
+            "Emitter operations applied to this node's sockets, by source and kind",
+            m.emitter_applied.clone(),
+        );
+        r.register(
+            "emitter_malformed",
+            "Emitter messages that could not be decoded (or whose attachment could not be read), by source",
+            m.emitter_malformed.clone(),
+        );
         Self {
             registry: Arc::new(r),
             ..m
@@ -171,6 +208,34 @@ impl Metrics {
 
     pub fn refused(&self, limit: &'static str) {
         self.refusals.get_or_create(&vec![("limit", limit)]).inc();
+    }
+
+    pub fn emitter_received(&self, source: &'static str, kind: &'static str) {
+        self.emitter_received
+            .get_or_create(&vec![("source", source), ("kind", kind)])
+            .inc();
+    }
+
+    pub fn emitter_applied(&self, source: &'static str, kind: &'static str) {
+        self.emitter_applied
+            .get_or_create(&vec![("source", source), ("kind", kind)])
+            .inc();
+    }
+
+    pub fn emitter_malformed(&self, source: &'static str) {
+        self.emitter_malformed
+            .get_or_create(&vec![("source", source)])
+            .inc();
+    }
+
+    /// One client event's outcome; `elapsed` when the app was called.
+    pub fn proxy_call(&self, outcome: &'static str, elapsed: Option<std::time::Duration>) {
+        self.proxy_calls
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+        if let Some(elapsed) = elapsed {
+            self.proxy_seconds.observe(elapsed.as_secs_f64());
+        }
     }
 
     pub fn render(&self) -> String {

@@ -36,4 +36,8 @@ pub struct AppState {
     /// This node's view of every node's sockets; set when the Socket.IO
     /// layer is built.
     pub fleet: FleetCell,
+    /// Where allowed client events go (EVENT_PROXY_URL); `None`: nowhere.
+    pub proxy: Option<Arc<crate::proxy::client::Proxy>>,
+    /// This node's sockets for the emitter listeners; set with the fleet.
+    pub(crate) local_sockets: crate::emitter::apply::LocalSocketsCell,
 }

@@ -19,6 +19,7 @@ use crate::audit::writer::{AuditEvent, AuditLog, Severity, action, audit_headers
 use crate::limits::{RefusalLog, UNKNOWN_CLIENT, ViolationLog};
 use crate::metrics::Metrics;
 use crate::origin::{Allowlist, Rejection};
+use crate::proxy::rules::{ProxyError, shown};
 use crate::session::auth::AuthError;
 use crate::session::rules::{EndReason, UserId, fingerprint};
 
@@ -99,6 +100,22 @@ pub enum Event<'a> {
     },
     /// An admin soft-locked a guest and disconnected them everywhere.
     GuestLocked(GuestLockOutcome<'a>),
+    /// The app answered a client event forwarded to it: counted, not
+    /// audited (it is the app's traffic, not a refusal).
+    ProxyAnswered {
+        socket: Who<'a>,
+        elapsed: std::time::Duration,
+    },
+    /// A client event got an error ack instead of the app's answer: refused
+    /// here (not allowed, too many in flight) or the call failed (timeout,
+    /// status, unreachable, bad answer, socket gone). `elapsed` when the
+    /// app was called.
+    ProxyRefused {
+        socket: Who<'a>,
+        event: &'a str,
+        error: &'a ProxyError,
+        elapsed: Option<std::time::Duration>,
+    },
     /// A socket is gone.
     Disconnected {
         socket: Who<'a>,
@@ -303,6 +320,39 @@ impl Events {
                     "newly_locked": o.newly_locked,
                     "disconnected": o.disconnected.as_ref().ok(),
                     "error": o.disconnected.as_ref().err(),
+                }));
+                self.audit.record(r);
+            }
+            Event::ProxyAnswered { socket, elapsed } => {
+                self.metrics.proxy_call("ok", Some(elapsed));
+                tracing::debug!(socket = socket.id, user = %socket.user, ?elapsed, "client event answered by the app");
+            }
+            Event::ProxyRefused {
+                socket,
+                event,
+                error,
+                elapsed,
+            } => {
+                self.metrics.proxy_call(error.code(), elapsed);
+                let Some(suppressed) = self.admit_refusal(client.ip) else {
+                    return;
+                };
+                let event = shown(event);
+                let code = error.code();
+                if error.before_the_app() {
+                    tracing::warn!(socket = socket.id, user = %socket.user, event, code, ip = ?client.ip, suppressed_since_last = suppressed, "client event refused");
+                } else {
+                    tracing::error!(socket = socket.id, user = %socket.user, event, code, error = %error, ?elapsed, suppressed_since_last = suppressed, "client event: the app's answer failed");
+                }
+                let mut r = row(action::PROXY_REFUSED, Severity::Warn);
+                name_socket(&mut r, &socket);
+                r.reason = Some(code.to_owned());
+                r.details = Some(json!({
+                    "event": event,
+                    "error": error.to_string(),
+                    "elapsed_ms": elapsed.map(|e| e.as_millis() as u64),
+                    "transport": client.transport,
+                    "suppressed_since_last": suppressed,
                 }));
                 self.audit.record(r);
             }

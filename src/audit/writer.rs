@@ -46,6 +46,7 @@ pub mod action {
     pub const GUEST_DISCONNECTED: &str = "guest.disconnected";
     pub const GUEST_LOCKED: &str = "socket.guest_locked";
     pub const LIMIT_REFUSED: &str = "limit.refused";
+    pub const PROXY_REFUSED: &str = "proxy.refused";
 }
 
 #[derive(Debug, Clone)]

@@ -124,6 +124,21 @@ pub fn adapter_pool(config: &Config) -> Result<sqlx::PgPool, DbError> {
     Ok(in_own_schema(config, 3).connect_lazy_with(options))
 }
 
+/// The emitter listener's own connections: its LISTEN and the reads of the
+/// emitter's attachments table. Apart from the session pool, so that a
+/// listener holding its connection for the process's life, or a burst of
+/// the app's large emits, never takes a connection a handshake needs. Bare
+/// names resolve as they do for the app (the attachments table is the app's).
+pub fn emitter_pool(config: &Config) -> Result<sqlx::PgPool, DbError> {
+    let options = PgConnectOptions::from_str(&config.database_url)
+        .map_err(|e| DbError::BadUrl(e.to_string()))?
+        .application_name("sockgate-emitter");
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(config.db_acquire_timeout())
+        .connect_lazy_with(options))
+}
+
 /// A pool whose connections resolve bare names in sockgate's schema alone
 /// (`search_path` set as each connects).
 fn in_own_schema(config: &Config, max_connections: u32) -> PgPoolOptions {

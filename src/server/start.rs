@@ -65,6 +65,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     ));
     let registry = Registry::default();
     let fleet = FleetCell::default();
+    let proxy = crate::proxy::client::Proxy::of(&config)?.map(Arc::new);
     let events = Events::new(audit, metrics.clone(), refusals, Default::default());
     let watcher = Watcher {
         fleet: fleet.clone(),
@@ -89,6 +90,8 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         allowlist: Arc::new(allowlist),
         handshakes,
         fleet,
+        local_sockets: Default::default(),
+        proxy,
     })
 }
 
@@ -146,6 +149,7 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
                 crate::background::revocation::listen(db.clone(), watcher.clone())
             })
         });
+    let emitters = spawn_emitter_listeners(&state)?;
     let (tx, rx) = oneshot::channel::<()>();
     let limits = state.config.limits.clone();
     let refused_state = state.clone();
@@ -172,6 +176,9 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
         if let Some(task) = revocations {
             task.abort();
         }
+        for task in emitters {
+            task.abort();
+        }
         result
     });
     announce(&state, local_addr);
@@ -183,6 +190,57 @@ pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Run
     })
 }
 
+/// Every node hears the app's emitters: `@socket.io/postgres-emitter` on
+/// PostgreSQL (SQLite has no NOTIFY: no emitter in development), and
+/// `@socket.io/redis-emitter` with `ADAPTER=redis`.
+fn spawn_emitter_listeners(state: &AppState) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    // The router built the Socket.IO layer, which set the cell.
+    let sockets = state
+        .local_sockets
+        .get()
+        .cloned()
+        .context("the Socket.IO layer is not built")?;
+    let mut tasks = Vec::new();
+    if state.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let settings = crate::emitter::postgres::Settings::of(&state.config)?;
+        let pool = crate::db::connect::emitter_pool(&state.config)?;
+        let (sockets, metrics) = (sockets.clone(), state.metrics.clone());
+        tasks.push(crate::supervise::spawn(
+            "postgres_emitter_listener",
+            state.metrics.clone(),
+            move || {
+                crate::emitter::postgres::listen(
+                    pool.clone(),
+                    settings.clone(),
+                    sockets.clone(),
+                    metrics.clone(),
+                )
+            },
+        ));
+    }
+    if state.config.adapter()? == crate::config::AdapterKind::Redis {
+        use socketioxide_redis::drivers::redis::redis_client;
+        let client =
+            redis_client::Client::open(state.config.redis_url.as_deref().unwrap_or_default())
+                .context("REDIS_URL")?;
+        let channels = crate::emitter::redis::Channels::of(&state.config.emitter_redis_key);
+        let metrics = state.metrics.clone();
+        tasks.push(crate::supervise::spawn(
+            "redis_emitter_listener",
+            state.metrics.clone(),
+            move || {
+                crate::emitter::redis::listen(
+                    client.clone(),
+                    channels.clone(),
+                    sockets.clone(),
+                    metrics.clone(),
+                )
+            },
+        ));
+    }
+    Ok(tasks)
+}
+
 fn announce(state: &AppState, addr: SocketAddr) {
     tracing::info!(%addr, "sockgate listening on http://{addr} (Socket.IO at /socket.io/)");
     tracing::info!(
@@ -190,6 +248,14 @@ fn announce(state: &AppState, addr: SocketAddr) {
         require_origin = state.config.require_origin,
         "origin allowlist"
     );
+    if let Some(proxy) = &state.proxy {
+        tracing::info!(
+            url = %proxy.shown_url(),
+            events = %proxy.events(),
+            forward_cookie = proxy.forwards_cookie(),
+            "client events forwarded to the app"
+        );
+    }
     if let Ok(secrets) = Secrets::of(&state.config) {
         for n in secrets.short() {
             tracing::warn!(

@@ -1,6 +1,7 @@
 //! The Socket.IO layer: a connect middleware that authenticates every
 //! handshake, and the handlers of an authenticated socket. Thin: decisions
-//! are made in `auth`, records in `audit`.
+//! are made in `auth` (and in `proxy` for client events), records in
+//! `audit`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use socketioxide_core::adapter::DefinedAdapter;
 
 use crate::audit::event::{Client, Event as Record, Who};
 use crate::live::fleet::Cluster;
+use crate::proxy::rules::{Answer, Call, ProxyError};
 use crate::session::auth::Credentials;
 use crate::session::rules::UserId;
 use crate::state::AppState;
@@ -56,6 +58,7 @@ pub fn layer<A: Adapter>(state: &AppState, adapter: A::State) -> (SocketIoLayer<
         io: io.clone(),
         registry: state.registry.clone(),
     };
+    crate::emitter::apply::attach(&state.local_sockets, &io);
     if state.fleet.set(Arc::new(cluster)).is_err() {
         tracing::warn!(
             "a second Socket.IO layer was built on one state; operations reach the first"
@@ -98,16 +101,19 @@ fn client_addr<A: Adapter>(s: &SocketRef<A>) -> Option<std::net::IpAddr> {
         .map(|ConnectInfo(addr)| addr.ip())
 }
 
-/// The handshake's client, as the records name it.
-fn client<A: Adapter>(s: &SocketRef<A>) -> Client<'_> {
-    let transport = match s.transport_type() {
+fn transport<A: Adapter>(s: &SocketRef<A>) -> &'static str {
+    match s.transport_type() {
         socketioxide::TransportType::Polling => "Polling",
         socketioxide::TransportType::Websocket => "Websocket",
-    };
+    }
+}
+
+/// The handshake's client, as the records name it.
+fn client<A: Adapter>(s: &SocketRef<A>) -> Client<'_> {
     Client {
         ip: client_addr(s),
         headers: Some(&s.req_parts().headers),
-        transport: Some(transport),
+        transport: Some(transport(s)),
     }
 }
 
@@ -208,7 +214,7 @@ async fn authenticate<A: Adapter>(
             if let Some(session) = s.extensions.get::<SocketSession>() {
                 s.join(session.user_id.room());
             }
-            register_events(&s);
+            register_events(&s, state.proxy.is_some());
             Ok(())
         }
         Err((err, sid)) => {
@@ -277,40 +283,194 @@ fn is_error(reason: DisconnectReason) -> bool {
 ///
 /// One fallback handler rather than `on("whoami")`: socketioxide keeps
 /// named handlers in a map allocated per socket (about 180 bytes held for
-/// the socket's life), the fallback in a slot. Other events were and are
-/// ignored.
-fn register_events<A: Adapter>(s: &SocketRef<A>) {
-    s.on_fallback(
-        async |s: SocketRef<A>, io: SocketIo<A>, Event(event): Event, ack: AckSender<A>| {
-            if event != "whoami" {
-                return;
-            }
-            // Registered before CONNECT, this can run in the moment between
-            // socketioxide sending CONNECT and marking the socket connected,
-            // while `emit` still refuses it. Wait that out (microseconds)
-            // while the socket is in the namespace (a refused or closed one
-            // leaves it).
-            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !s.connected()
-                && io.get_socket(s.id).is_some()
-                && tokio::time::Instant::now() < until
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-            if let Some(session) = s.extensions.get::<SocketSession>() {
-                let me = WhoAmI {
-                    user_id: session.user_id.as_str(),
-                    session_id: &session.sid,
-                    // A socket exists only once its session authenticated.
-                    authenticated: true,
-                };
-                if let Err(e) = s.emit("whoami", &me) {
-                    tracing::warn!(socket = %s.id, error = %e, "socket error: could not answer whoami");
+/// the socket's life), the fallback in a slot. `whoami` is sockgate's own;
+/// any other event goes to the event proxy when one is configured (its
+/// arguments are only parsed then) and is ignored otherwise.
+fn register_events<A: Adapter>(s: &SocketRef<A>, proxied: bool) {
+    if proxied {
+        s.on_fallback(
+            async |s: SocketRef<A>,
+                   io: SocketIo<A>,
+                   Event(event): Event,
+                   TryData(args): TryData<Args>,
+                   ack: AckSender<A>,
+                   State(state): State<AppState>| {
+                if event == "whoami" {
+                    whoami(s, io, ack).await;
+                } else {
+                    forward(s, io, state, event, args.map(|Args(a)| a), ack).await;
                 }
-                let _ = ack.send(&me);
+            },
+        );
+    } else {
+        s.on_fallback(
+            async |s: SocketRef<A>, io: SocketIo<A>, Event(event): Event, ack: AckSender<A>| {
+                if event == "whoami" {
+                    whoami(s, io, ack).await;
+                }
+            },
+        );
+    }
+}
+
+/// Registered before CONNECT, a handler can run in the moment between
+/// socketioxide sending CONNECT and marking the socket connected, while
+/// `emit` still refuses it. Waits that out (microseconds) while the socket
+/// is in the namespace (a refused or closed one leaves it); whether it is
+/// connected.
+async fn settled<A: Adapter>(s: &SocketRef<A>, io: &SocketIo<A>) -> bool {
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !s.connected() && io.get_socket(s.id).is_some() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    s.connected()
+}
+
+async fn whoami<A: Adapter>(s: SocketRef<A>, io: SocketIo<A>, ack: AckSender<A>) {
+    settled(&s, &io).await;
+    if let Some(session) = s.extensions.get::<SocketSession>() {
+        let me = WhoAmI {
+            user_id: session.user_id.as_str(),
+            session_id: &session.sid,
+            // A socket exists only once its session authenticated.
+            authenticated: true,
+        };
+        if let Err(e) = s.emit("whoami", &me) {
+            tracing::warn!(socket = %s.id, error = %e, "socket error: could not answer whoami");
+        }
+        let _ = ack.send(&me);
+    }
+}
+
+/// Every argument of a client event. socketioxide hands a tuple-like type
+/// every element after the event name (any other type gets only the
+/// first), and serde_json reads a tuple of any length as its array.
+struct Args(Vec<Json>);
+
+impl<'de> serde::Deserialize<'de> for Args {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Seq;
+        impl<'de> serde::de::Visitor<'de> for Seq {
+            type Value = Vec<Json>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an event's arguments")
             }
-        },
-    );
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> Result<Vec<Json>, S::Error> {
+                let mut args = Vec::new();
+                while let Some(arg) = seq.next_element()? {
+                    args.push(arg);
+                }
+                Ok(args)
+            }
+        }
+        d.deserialize_tuple(usize::MAX, Seq).map(Args)
+    }
+}
+
+/// A client event for the app: the proxy decides and calls; this socket's
+/// part is who is calling, its rooms and the ack, and the outcome goes to
+/// `audit::event`. A socket that is no longer connected (its session ended,
+/// it left) forwards nothing, and an answer that arrives after it closed
+/// changes nothing.
+async fn forward<A: Adapter, E: std::fmt::Display>(
+    s: SocketRef<A>,
+    io: SocketIo<A>,
+    state: AppState,
+    event: String,
+    args: Result<Vec<Json>, E>,
+    ack: AckSender<A>,
+) {
+    let (Some(proxy), Some(session)) = (&state.proxy, s.extensions.get::<SocketSession>()) else {
+        return;
+    };
+    if !settled(&s, &io).await {
+        return;
+    }
+    let id = s.id.to_string();
+    let started = std::time::Instant::now();
+    let outcome = match args {
+        Err(e) => Err(ProxyError::Unreadable(e.to_string())),
+        Ok(args) => {
+            let mut rooms: Vec<String> = s.rooms().iter().map(ToString::to_string).collect();
+            rooms.sort_unstable();
+            let session_ref = crate::session::rules::fingerprint(&session.sid);
+            let cookie = proxy.forwards_cookie().then(|| {
+                let signed = format!("s:{}", state.auth.secrets.sign(&session.sid));
+                let value = crate::session::mint::cookie_value(&signed);
+                format!("{}={value}", state.config.cookie_name)
+            });
+            let call = Call {
+                event: &event,
+                args: &args,
+                user_id: session.user_id.as_str(),
+                socket_id: &id,
+                session_ref: &session_ref,
+                rooms: &rooms,
+                cookie: cookie.as_deref(),
+            };
+            proxy
+                .forward(&call)
+                .await
+                .and_then(|answer| apply_rooms(&s, answer))
+        }
+    };
+    let socket = Who {
+        id: &id,
+        user: &session.user_id,
+        sid: &session.sid,
+    };
+    let client = Client {
+        ip: client_addr(&s),
+        headers: None,
+        transport: Some(transport(&s)),
+    };
+    let elapsed = started.elapsed();
+    let reply = match outcome {
+        Ok(ack) => {
+            state
+                .events
+                .report(client, Record::ProxyAnswered { socket, elapsed });
+            ack
+        }
+        Err(error) => {
+            let elapsed = (!error.before_the_app()).then_some(elapsed);
+            state.events.report(
+                client,
+                Record::ProxyRefused {
+                    socket,
+                    event: &event,
+                    error: &error,
+                    elapsed,
+                },
+            );
+            error.ack()
+        }
+    };
+    // A closed socket's engine.io session may still carry a packet: it
+    // gets nothing. Without an ack id (none asked for) this sends nothing.
+    if s.connected() {
+        let _ = ack.send(&reply);
+    }
+}
+
+/// The app's rooms for this socket, `leave` then `join`, while it is still
+/// connected; the ack to send.
+fn apply_rooms<A: Adapter>(s: &SocketRef<A>, answer: Answer) -> Result<Json, ProxyError> {
+    if !s.connected() {
+        return Err(ProxyError::SocketClosed);
+    }
+    s.leave(answer.leave);
+    s.join(answer.join.clone());
+    // A close in between may have emptied the socket's rooms before the
+    // join: take them back so no room outlives it.
+    if !s.connected() {
+        s.leave(answer.join);
+        return Err(ProxyError::SocketClosed);
+    }
+    Ok(answer.ack)
 }
 
 /// Set once a socket has been counted out (registry, gauge, log, audit):

@@ -6,6 +6,7 @@ pub mod app_schemas;
 pub mod client;
 pub mod containers;
 pub mod engine_io;
+pub mod node_app;
 pub mod pg;
 pub mod process;
 pub mod redis;
