@@ -93,6 +93,36 @@ impl BenchDb {
             .collect()
     }
 
+    /// `n` logged-in sessions all of one user, `user` (tabs and devices of
+    /// one person, each its own session); returns their cookie values.
+    pub async fn insert_sessions_of_user(&self, n: usize, user: i64, ttl_secs: i64) -> Vec<String> {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let expire = chrono::Utc::now().timestamp() + ttl_secs;
+        client
+            .execute(
+                "INSERT INTO \"session\" (sid, sess, expire) \
+                 SELECT 'bench-u' || $3::bigint || '-' || i, json_build_object('cookie', json_build_object('originalMaxAge', 86400000), \
+                        'passport', json_build_object('user', $3::bigint)), to_timestamp($1) \
+                 FROM generate_series(0, $2 - 1) AS i",
+                &[&(expire as f64), &(n as i32), &user],
+            )
+            .await
+            .unwrap();
+        (0..n)
+            .map(|i| {
+                let signed = format!(
+                    "s:{}",
+                    sockgate::session::sign(&format!("bench-u{user}-{i}"), SECRET)
+                );
+                percent_encoding::utf8_percent_encode(&signed, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            })
+            .collect()
+    }
+
     pub async fn drop_database(&self) {
         let (client, conn) = tokio_postgres::connect(&self.admin, tokio_postgres::NoTls)
             .await
