@@ -4,6 +4,7 @@
 //!
 //!     cargo bench --bench revalidation                     # 10,000 sockets
 //!     SOCKETS=2000 cargo bench --bench revalidation
+//!     GUESTS=10000 cargo bench --bench revalidation        # every user a guest
 //!
 //! PostgreSQL from DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test);
 //! the bench makes and drops a database of its own. The load client speaks the
@@ -23,9 +24,19 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    // The users 0..GUESTS are guests of an organization (none locked), as
+    // in an app where many users are: the guest lock is then looked up for
+    // real on every re-check.
+    let guests: usize = std::env::var("GUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let ticks_to_measure = 5;
     let db = BenchDb::create().await;
     let sids = db.insert_sessions(sockets, 3600).await;
+    if guests > 0 {
+        insert_guests(&db.url, guests).await;
+    }
     let server = Server::start(
         &db.url,
         &[
@@ -80,6 +91,7 @@ async fn main() {
     let db_max = samples.iter().map(|s| s.1 * 1000.0).fold(0.0, f64::max);
     let wall_ms = samples.iter().map(|s| s.2 * 1000.0).sum::<f64>() / n;
     println!();
+    println!("guests: {guests} (none locked)");
     println!(
         "| sockets | ticks | queries/tick | queries per 1,000 sockets | db ms/tick (mean, max) | tick wall ms | sessions ended |"
     );
@@ -95,11 +107,32 @@ async fn main() {
         (rss_after.saturating_sub(rss_before)) as f64 / sockets as f64
     );
     let json = serde_json::json!({
-        "bench": "revalidation", "sockets": sockets, "ticks": samples.len(),
+        "bench": "revalidation", "sockets": sockets, "guests": guests, "ticks": samples.len(),
         "queries_per_tick": queries, "db_ms_per_tick": db_ms, "db_ms_per_tick_max": db_max,
         "tick_wall_ms": wall_ms, "sessions_ended": ended,
         "rss_kib_before": rss_before, "rss_kib_after": rss_after,
     });
     support::write_report("revalidation", &json);
     assert_eq!(ended, 0.0, "no live session was ended");
+}
+
+/// Users `0..n` (the bench sessions' users) as unlocked guests of one
+/// organization.
+async fn insert_guests(url: &str, n: usize) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "INSERT INTO sockgate.app_user (id, username, created_at) \
+               SELECT i::text, 'user' || i, now() FROM generate_series(0, {last}) AS i; \
+             INSERT INTO sockgate.organization (id, name, created_at) VALUES (1, 'bench', now()); \
+             INSERT INTO sockgate.guest (user_id, organization_id, soft_locked, created_at) \
+               SELECT i::text, 1, FALSE, now() FROM generate_series(0, {last}) AS i; \
+             ANALYZE sockgate.app_user; ANALYZE sockgate.guest;",
+            last = n as i64 - 1
+        ))
+        .await
+        .unwrap();
 }

@@ -232,9 +232,10 @@ on_every_backend!(
     }
 );
 
-// The re-check is batched: one query for many sessions.
+// The re-check is batched: one query for many sessions, and one for the
+// guest locks of all their users.
 on_every_backend!(
-    one_query_per_tick_for_many_sessions,
+    two_queries_per_tick_for_many_sessions,
     |config: &mut sockgate::Config| {
         config.session_check_interval = Duration::from_secs(3600);
     },
@@ -272,7 +273,7 @@ on_every_backend!(
             .await
             .unwrap();
         assert_eq!(report.sessions, 20);
-        assert_eq!(report.queries, 1);
+        assert_eq!(report.queries, 2);
         assert_eq!(report.ended_sessions, 0);
         for c in clients {
             c.disconnect().await;

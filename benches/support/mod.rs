@@ -145,7 +145,11 @@ pub struct Server {
 impl Server {
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Server {
         let addr = free_addr();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sockgate"));
+        // SOCKGATE_BIN runs another build of the server (an A/B of two
+        // builds under one bench binary).
+        let bin = std::env::var_os("SOCKGATE_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_sockgate").into());
+        let mut cmd = Command::new(bin);
         cmd.env("DATABASE_URL", database_url)
             .env("SESSION_SECRET", SECRET)
             .env("LISTEN_ADDR", addr.to_string())

@@ -105,14 +105,40 @@ impl Watcher {
                 found.insert(row.sid.clone(), row);
             }
         }
+        let verdicts: Vec<_> = live
+            .iter()
+            .map(|live| {
+                let row = found.get(&live.sid);
+                let stored = row.map(|r| (r.expire_at, r.user.as_ref()));
+                let verdict = session::verdict(stored, &live.user_id, now, self.refresh_window);
+                (live, row, verdict)
+            })
+            .collect();
+        // A session the rules keep names the socket's user as stored, so its
+        // guest lock is that user's: one query over the distinct users,
+        // rather than reading the user out of every row's `sess` again.
+        let mut kept_users: Vec<&session::UserId> = verdicts
+            .iter()
+            .filter(|(_, _, v)| matches!(v, Verdict::Keep | Verdict::Refresh))
+            .map(|(live, _, _)| &live.user_id)
+            .collect();
+        kept_users.sort_unstable();
+        kept_users.dedup();
+        let locks = if kept_users.is_empty() {
+            HashMap::new()
+        } else {
+            let started = Instant::now();
+            let locks = self.store.locked_guests(&kept_users).await;
+            report.db_time += started.elapsed();
+            report.queries += 1;
+            self.metrics.revalidation_queries.inc();
+            locks?
+        };
         let mut extensions = Vec::new();
         let mut locked_guests: HashMap<&session::UserId, &str> = HashMap::new();
-        for live in &live {
-            let row = found.get(&live.sid);
-            let stored = row.map(|r| (r.expire_at, r.user.as_ref()));
-            let verdict = session::verdict(stored, &live.user_id, now, self.refresh_window);
+        for (live, row, verdict) in verdicts {
             if let (Some(lock), Verdict::Keep | Verdict::Refresh) =
-                (row.and_then(|r| r.guest_lock.as_deref()), verdict)
+                (locks.get(&live.user_id), verdict)
             {
                 locked_guests.insert(&live.user_id, lock);
                 continue;

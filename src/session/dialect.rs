@@ -11,6 +11,8 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use sea_orm::sea_query::ArrayType;
 use sea_orm::{DbBackend, DbErr, QueryResult, Statement, Value};
 
+use crate::db::sql::Sql;
+
 /// A session to extend: the new `expire` (whole seconds) and the matching
 /// `cookie.expires` text.
 #[derive(Debug, Clone)]
@@ -190,16 +192,10 @@ impl Dialect {
     /// The rows of `sids` (at most [`Self::check_chunk`]): columns `sid`,
     /// `expire_at` (read with [`Self::expire_at`]), `user_json` (the JSON
     /// text of `sess.passport.user`), `max_age` (of
-    /// `sess.cookie.originalMaxAge`), `raw_sess` (the whole text when SQL
-    /// skipped it, see [`Self::json_skips_nul_escape`]) and the store's
-    /// `guest_lock` column.
-    pub fn check_many(
-        self,
-        table: &str,
-        guest_lock: &str,
-        sids: &[String],
-        zone: &str,
-    ) -> Statement {
+    /// `sess.cookie.originalMaxAge`) and `raw_sess` (the whole text when SQL
+    /// skipped it, see [`Self::json_skips_nul_escape`]). Nothing more is
+    /// read per row: each JSON path is another parse of `sess`.
+    pub fn check_many(self, table: &str, sids: &[String], zone: &str) -> Statement {
         match self {
             Self::Postgres => Statement::from_sql_and_values(
                 DbBackend::Postgres,
@@ -207,7 +203,7 @@ impl Dialect {
                     "SELECT sid, {}, \
                             ({PG_SESS} -> 'passport' -> 'user')::text AS user_json, \
                             ({PG_SESS} -> 'cookie' -> 'originalMaxAge')::text AS max_age, \
-                            CASE WHEN strpos(sess::text, '\\u0000') > 0 THEN sess::text END AS raw_sess, {guest_lock} \
+                            CASE WHEN strpos(sess::text, '\\u0000') > 0 THEN sess::text END AS raw_sess \
                      FROM {table} WHERE sid = ANY($1)",
                     pg_expire_at("$2"),
                 ),
@@ -227,12 +223,32 @@ impl Dialect {
                     "SELECT sid, expire AS expire_at, \
                             CASE WHEN json_valid(sess) THEN sess -> '$.passport.user' END AS user_json, \
                             CASE WHEN json_valid(sess) THEN sess -> '$.cookie.originalMaxAge' END AS max_age, \
-                            NULL AS raw_sess, {guest_lock} \
+                            NULL AS raw_sess \
                      FROM {table} WHERE sid IN ({})",
                     vec!["?"; sids.len()].join(", ")
                 ),
                 sids.iter().map(|s| Value::from(s.as_str())),
             ),
+        }
+    }
+
+    /// `values` as a table `u` of one text column `id`, bound as a single
+    /// parameter of `sql` whatever their number (a text array on
+    /// PostgreSQL, a JSON array read by `json_each` on SQLite), so a list
+    /// of any length is one statement.
+    pub fn text_list(self, sql: &mut Sql, values: &[&str]) -> String {
+        match self {
+            Self::Postgres => {
+                let param = sql.bind(Value::Array(
+                    ArrayType::String,
+                    Some(Box::new(values.iter().map(|v| Value::from(*v)).collect())),
+                ));
+                format!("unnest(CAST({param} AS text[])) AS u(id)")
+            }
+            Self::Sqlite => {
+                let param = sql.bind(serde_json::to_string(values).expect("strings serialize"));
+                format!("(SELECT CAST(value AS TEXT) AS id FROM json_each({param})) AS u")
+            }
         }
     }
 
@@ -471,11 +487,11 @@ mod tests {
     #[test]
     fn checks_bind_one_array_or_one_placeholder_per_session() {
         let sids = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
-        let pg = Dialect::Postgres.check_many("\"session\"", "NULL AS guest_lock", &sids, "UTC");
+        let pg = Dialect::Postgres.check_many("\"session\"", &sids, "UTC");
         assert!(pg.sql.ends_with("WHERE sid = ANY($1)"), "{}", pg.sql);
         assert_eq!(values(&pg).len(), 2);
 
-        let sqlite = Dialect::Sqlite.check_many("\"session\"", "NULL AS guest_lock", &sids, "UTC");
+        let sqlite = Dialect::Sqlite.check_many("\"session\"", &sids, "UTC");
         assert!(
             sqlite.sql.ends_with("WHERE sid IN (?, ?, ?)"),
             "{}",
@@ -483,6 +499,25 @@ mod tests {
         );
         assert!(sqlite.sql.contains("NULL AS raw_sess"));
         assert_eq!(values(&sqlite).len(), 3);
+    }
+
+    #[test]
+    fn a_text_list_is_one_parameter_whatever_its_length() {
+        let mut pg = Sql::new(DbBackend::Postgres);
+        let from = Dialect::Postgres.text_list(&mut pg, &["7", "x"]);
+        assert_eq!(from, "unnest(CAST($1 AS text[])) AS u(id)");
+        assert_eq!(values(&pg.build()).len(), 1);
+
+        let mut sqlite = Sql::new(DbBackend::Sqlite);
+        let from = Dialect::Sqlite.text_list(&mut sqlite, &["7", "x\"y"]);
+        assert_eq!(
+            from,
+            "(SELECT CAST(value AS TEXT) AS id FROM json_each(?1)) AS u"
+        );
+        assert_eq!(
+            values(&sqlite.build()),
+            vec![Value::from(r#"["7","x\"y"]"#)]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 use serde_json::Value as Json;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::db::connect::quoted_table;
@@ -173,8 +174,6 @@ pub struct SessionCheck {
     pub user: Option<crate::session::rules::UserId>,
     /// `sess.cookie.originalMaxAge` in ms, if any.
     pub original_max_age_ms: Option<f64>,
-    /// The lock reason when the session's user is a soft-locked guest.
-    pub guest_lock: Option<String>,
 }
 
 impl SessionStore {
@@ -218,29 +217,27 @@ impl SessionStore {
     }
 
     /// One query for up to [`Self::check_chunk`] sessions; rows missing from
-    /// the answer were deleted.
+    /// the answer were deleted. Guest locks are not read here (each would
+    /// be another parse of every row's `sess`): ask [`Self::locked_guests`]
+    /// for the users whose sessions the rules keep.
     pub async fn check_many(&self, sids: &[String]) -> Result<Vec<SessionCheck>, StoreError> {
         if sids.is_empty() {
             return Ok(Vec::new());
         }
-        let stmt =
-            self.dialect
-                .check_many(&self.table, &self.guest_lock_column(), sids, &self.zone);
+        let stmt = self.dialect.check_many(&self.table, sids, &self.zone);
         let rows = self.db.query_all_raw(stmt).await?;
         let mut checks = Vec::with_capacity(rows.len());
         for row in &rows {
             let expire_at = self.dialect.expire_at(row)?;
             let raw_sess: Option<String> = row.try_get("", "raw_sess")?;
-            let mut check = match raw_sess.and_then(|t| serde_json::from_str::<Json>(&t).ok()) {
+            let check = match raw_sess.and_then(|t| serde_json::from_str::<Json>(&t).ok()) {
                 // A session SQL's JSON operators could not read (see
-                // `Dialect::json_skips_nul_escape`): decoded here, its lock
-                // asked for by user.
+                // `Dialect::json_skips_nul_escape`): decoded here.
                 Some(sess) => SessionCheck {
                     sid: row.try_get("", "sid")?,
                     expire_at,
                     user: crate::session::rules::passport_user(&sess),
                     original_max_age_ms: crate::session::rules::original_max_age(&sess),
-                    guest_lock: None,
                 },
                 None => {
                     let user_json: Option<String> = row.try_get("", "user_json")?;
@@ -257,19 +254,51 @@ impl SessionStore {
                         expire_at,
                         user,
                         original_max_age_ms: max_age.and_then(|t| t.parse::<f64>().ok()),
-                        guest_lock: row.try_get("", "guest_lock")?,
                     }
                 }
             };
-            if check.guest_lock.is_none()
-                && row.try_get::<Option<String>>("", "raw_sess")?.is_some()
-                && let Some(user) = &check.user
-            {
-                check.guest_lock = self.guest_lock_of(user).await?;
-            }
             checks.push(check);
         }
         Ok(checks)
+    }
+
+    /// Which of `users` are soft-locked guests, each with its lock reason
+    /// (or `''`): one query for any number of users, matched against the
+    /// guests table's user column as [`Self::guest_lock_of`] matches one.
+    pub async fn locked_guests(
+        &self,
+        users: &[&crate::session::rules::UserId],
+    ) -> Result<HashMap<crate::session::rules::UserId, String>, StoreError> {
+        let mut locked = HashMap::new();
+        let Some(tables) = &self.tables else {
+            return Ok(locked);
+        };
+        if users.is_empty() {
+            return Ok(locked);
+        }
+        let g = &tables.guests;
+        let mut sql = Sql::new(self.dialect.backend());
+        let ids: Vec<&str> = users.iter().map(|u| u.as_str()).collect();
+        let list = self.dialect.text_list(&mut sql, &ids);
+        sql.text = format!(
+            "SELECT u.id AS user_id, {reason} AS guest_lock FROM {list} \
+             JOIN {table} g ON g.{user_col} = {user} WHERE g.{locked} IS TRUE",
+            reason = lock_reason_expr(tables),
+            table = g.table,
+            user_col = g.user_id.q,
+            user = as_id(self.dialect.backend(), g.user_id.id_kind(), "u.id"),
+            locked = g.soft_locked.q,
+        );
+        for row in self.db.query_all_raw(sql.build()).await? {
+            let user: String = row.try_get("", "user_id")?;
+            let reason: String = row.try_get("", "guest_lock")?;
+            // A user who is a guest of several organizations: one lock is
+            // enough, as for the handshake's `LIMIT 1`.
+            locked
+                .entry(crate::session::rules::UserId::new(user))
+                .or_insert(reason);
+        }
+        Ok(locked)
     }
 
     /// connect-pg-simple's `touch` for many sessions in one statement (one
