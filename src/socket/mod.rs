@@ -1,7 +1,8 @@
 //! The Socket.IO side, thin: the authenticating namespace and the socket's
 //! handlers, and what engine.io keeps of a request. Calls into `session` for
-//! the decision and into `live` to register what it accepted; decides nothing
-//! and writes no audit row itself.
+//! the decision, into `live` to register what it accepted and into `proxy`
+//! to hand a client event to the app; decides nothing and writes no audit
+//! row itself.
 
 pub(crate) mod handshake_request;
 pub(crate) mod layer;
