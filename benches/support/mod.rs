@@ -63,51 +63,36 @@ impl BenchDb {
         db
     }
 
-    /// `n` logged-in sessions written as connect-pg-simple writes them; returns
-    /// their signed, URL-encoded cookie values.
+    /// `n` logged-in sessions written as connect-pg-simple writes them, of
+    /// users 0..n; returns their signed, URL-encoded cookie values.
     pub async fn insert_sessions(&self, n: usize, ttl_secs: i64) -> Vec<String> {
-        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let expire = chrono::Utc::now().timestamp() + ttl_secs;
-        client
-            .execute(
-                "INSERT INTO \"session\" (sid, sess, expire) \
-                 SELECT 'bench-' || i, json_build_object('cookie', json_build_object('originalMaxAge', 86400000), \
-                        'passport', json_build_object('user', i)), to_timestamp($1) \
-                 FROM generate_series(0, $2 - 1) AS i",
-                &[&(expire as f64), &(n as i32)],
-            )
-            .await
-            .unwrap();
-        (0..n)
-            .map(|i| {
-                let signed = format!(
-                    "s:{}",
-                    sockgate::session::sign(&format!("bench-{i}"), SECRET)
-                );
-                percent_encoding::utf8_percent_encode(&signed, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string()
-            })
-            .collect()
+        self.insert(n, None, ttl_secs).await
     }
 
     /// `n` logged-in sessions all of one user, `user` (tabs and devices of
     /// one person, each its own session); returns their cookie values.
     pub async fn insert_sessions_of_user(&self, n: usize, user: i64, ttl_secs: i64) -> Vec<String> {
+        self.insert(n, Some(user), ttl_secs).await
+    }
+
+    /// Session `i` is of `user`, or of user `i` when there is none.
+    async fn insert(&self, n: usize, user: Option<i64>, ttl_secs: i64) -> Vec<String> {
         let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
             .await
             .unwrap();
         tokio::spawn(conn);
+        let prefix = match user {
+            None => "bench-".to_owned(),
+            Some(user) => format!("bench-u{user}-"),
+        };
         let expire = chrono::Utc::now().timestamp() + ttl_secs;
         client
             .execute(
                 "INSERT INTO \"session\" (sid, sess, expire) \
-                 SELECT 'bench-u' || $3::bigint || '-' || i, json_build_object('cookie', json_build_object('originalMaxAge', 86400000), \
-                        'passport', json_build_object('user', $3::bigint)), to_timestamp($1) \
+                 SELECT $3::text || i, json_build_object('cookie', json_build_object('originalMaxAge', 86400000), \
+                        'passport', json_build_object('user', coalesce($4::bigint, i))), to_timestamp($1) \
                  FROM generate_series(0, $2 - 1) AS i",
-                &[&(expire as f64), &(n as i32), &user],
+                &[&(expire as f64), &(n as i32), &prefix, &user],
             )
             .await
             .unwrap();
@@ -115,7 +100,7 @@ impl BenchDb {
             .map(|i| {
                 let signed = format!(
                     "s:{}",
-                    sockgate::session::sign(&format!("bench-u{user}-{i}"), SECRET)
+                    sockgate::session::sign(&format!("{prefix}{i}"), SECRET)
                 );
                 percent_encoding::utf8_percent_encode(&signed, percent_encoding::NON_ALPHANUMERIC)
                     .to_string()
