@@ -40,13 +40,19 @@ pub async fn mint_session(
     let sid = new_sid();
     let (expire, sess) = session::new_session_json(user, Utc::now(), ttl);
     store.upsert(&sid, &sess, expire).await?;
-    let signed = format!("s:{}", secrets.sign(&sid));
+    let signed = signed(secrets, &sid);
     Ok(Minted {
         cookie_value: cookie_value(&signed),
         signed,
         sid,
         expires_at: Utc.timestamp_opt(expire, 0).single().unwrap_or_default(),
     })
+}
+
+/// `sid` signed as express-session signs its cookie: `s:<sid>.<signature>`
+/// with the first secret.
+pub fn signed(secrets: &crate::session::signature::Secrets, sid: &str) -> String {
+    format!("s:{}", secrets.sign(sid))
 }
 
 /// A signed value (`s:<sid>.<signature>`) URL-encoded as express-session

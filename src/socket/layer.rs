@@ -398,7 +398,7 @@ async fn forward<A: Adapter, E: std::fmt::Display>(
             rooms.sort_unstable();
             let session_ref = crate::session::rules::fingerprint(&session.sid);
             let cookie = proxy.forwards_cookie().then(|| {
-                let signed = format!("s:{}", state.auth.secrets.sign(&session.sid));
+                let signed = crate::session::mint::signed(&state.auth.secrets, &session.sid);
                 let value = crate::session::mint::cookie_value(&signed);
                 format!("{}={value}", state.config.cookie_name)
             });
@@ -423,9 +423,8 @@ async fn forward<A: Adapter, E: std::fmt::Display>(
         sid: &session.sid,
     };
     let client = Client {
-        ip: client_addr(&s),
         headers: None,
-        transport: Some(transport(&s)),
+        ..client(&s)
     };
     let elapsed = started.elapsed();
     let reply = match outcome {
