@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::session::auth::Authenticator;
 use crate::session::signature::Secrets;
 use crate::session::store::SessionStore;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 
 /// Connects, prepares the database and starts the audit writer.
 pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
@@ -78,7 +78,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         wake: Default::default(),
         metrics: metrics.clone(),
     };
-    Ok(AppState {
+    Ok(AppState::new(Shared {
         config: Arc::new(config),
         db: db.conn,
         tables,
@@ -92,7 +92,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         fleet,
         local_sockets: Default::default(),
         proxy,
-    })
+    }))
 }
 
 pub struct RunningServer {

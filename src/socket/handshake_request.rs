@@ -18,18 +18,29 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{Extensions, HeaderMap, HeaderValue, Uri};
 
-/// Middleware in front of the Socket.IO layer; other routes pass untouched.
+/// Middleware in front of the Socket.IO layer; other routes, and the
+/// requests of a long-polling session already open, pass untouched.
 pub async fn compact(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if !crate::engine_path::is_engine_path(req.uri().path()) {
+    if !crate::engine_path::is_engine_path(req.uri().path()) || !is_kept(req.uri().query()) {
         return next.run(req).await;
     }
     let (mut parts, body) = req.into_parts();
     compact_parts(&mut parts);
     next.run(axum::extract::Request::from_parts(parts, body))
         .await
+}
+
+/// Whether engine.io may keep this request: a handshake (no `sid`), or a
+/// websocket request (its task holds the request it was opened with). The
+/// GETs and POSTs of an open long-polling session are answered and dropped;
+/// copying their headers cost every poll an allocation and a copy for
+/// nothing.
+fn is_kept(query: Option<&str>) -> bool {
+    crate::limits::is_handshake(query)
+        || query.is_some_and(|q| q.split('&').any(|pair| pair == "transport=websocket"))
 }
 
 /// Every header is kept, in order, with its value; their bytes move into one
@@ -121,6 +132,16 @@ mod tests {
             Some(SocketAddr::from(([10, 0, 0, 7], 4242)))
         );
         assert!(parts.extensions.get::<&str>().is_none());
+    }
+
+    #[test]
+    fn only_requests_engine_io_keeps_are_compacted() {
+        assert!(is_kept(Some("EIO=4&transport=polling")));
+        assert!(is_kept(Some("EIO=4&transport=websocket")));
+        assert!(is_kept(Some("EIO=4&transport=websocket&sid=abc")));
+        assert!(is_kept(None));
+        assert!(!is_kept(Some("EIO=4&transport=polling&sid=abc")));
+        assert!(!is_kept(Some("sid=abc&EIO=4&transport=polling&t=x")));
     }
 
     #[test]
