@@ -2,12 +2,15 @@
 //! the library's ceiling (the same stack with authentication off):
 //! handshakes per second, p50/p99 latency, server CPU per handshake (the
 //! server process's own accounting), database transactions per handshake
-//! (pg_stat_database), and resident memory per idle socket at 10,000.
+//! (pg_stat_database), resident memory per idle websocket socket at 10,000
+//! and per held long-polling socket at 2,000.
 //!
 //!     cargo bench --bench handshake
 //!
 //! Knobs: BENCH_HANDSHAKES (5000), BENCH_CONCURRENCY (32), BENCH_IDLE
-//! (10000); DATABASE_URL names the PostgreSQL server (default the local
+//! (10000 websocket sockets held), BENCH_IDLE_POLLING (2000 long-polling
+//! sockets held), BENCH_ONLY (`handshakes`, `idle` or `polling`: one part
+//! of the run); DATABASE_URL names the PostgreSQL server (default the local
 //! `test` database). Writes target/bench-results/handshake.json.
 
 mod support;
@@ -155,7 +158,10 @@ async fn run(
         }
     }
     let wall = started.elapsed();
-    let (server_cpu, client_cpu) = (server.cpu_time() - cpu0, own_cpu() - client0);
+    let (server_cpu, client_cpu) = (
+        server.cpu_time().saturating_sub(cpu0),
+        own_cpu().saturating_sub(client0),
+    );
     latencies.sort();
     let handshakes = latencies.len();
     let db_xacts = match (db, xacts_before) {
@@ -194,6 +200,100 @@ async fn idle_memory(server: &Server, cookies: &[String]) -> serde_json::Value {
     serde_json::json!({ "sockets": connected, "rss_before_kib": before, "rss_after_kib": after, "kib_per_socket": per_socket })
 }
 
+/// Answers a long-polling session's pings and keeps one GET pending on the
+/// server, as socket.io-client does, until the session ends.
+async fn hold_polling(http: reqwest::Client, addr: SocketAddr, sid: String) {
+    let url = format!("http://{addr}/socket.io/?EIO=4&transport=polling&sid={sid}");
+    loop {
+        let Ok(reply) = http.get(&url).send().await else {
+            return;
+        };
+        let Ok(reply) = reply.text().await else {
+            return;
+        };
+        for packet in reply.split('\u{1e}') {
+            match packet {
+                "2" if http.post(&url).body("3").send().await.is_err() => return,
+                "1" | "" => return,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Sockets (TCP connections and listeners) the process has open.
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Resident memory per held long-polling socket: a fresh server, one
+/// warm-up socket, then `n` more, each with a GET pending on the server (the
+/// long-poll) and its pings answered by POST. Measured once the sockets are
+/// up, and again after the header read timeout (10 s) has closed the
+/// keep-alive connections left idle by the handshakes' POSTs, so that what
+/// remains per socket is the session and the connection of its pending GET.
+async fn idle_polling_memory(server: &Server, cookies: &[String]) -> serde_json::Value {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .build()
+        .unwrap();
+    let addr = server.addr;
+    let mut holders = Vec::with_capacity(cookies.len());
+    let warm = support::polling_handshake(&http, &addr, &cookies[0])
+        .await
+        .expect("warm-up polling socket");
+    holders.push(tokio::spawn(hold_polling(http.clone(), addr, warm)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (before, sockets_before) = (server.rss_kib(), open_sockets(server.pid()));
+    let sem = std::sync::Arc::new(Semaphore::new(64));
+    let mut opening = Vec::with_capacity(cookies.len());
+    for cookie in &cookies[1..] {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let (http, cookie) = (http.clone(), cookie.clone());
+        opening.push(tokio::spawn(async move {
+            let sid = support::polling_handshake(&http, &addr, &cookie).await;
+            drop(permit);
+            sid.ok()
+                .map(|sid| tokio::spawn(hold_polling(http, addr, sid)))
+        }));
+    }
+    let mut connected = 0;
+    for o in opening {
+        if let Some(h) = o.await.unwrap() {
+            holders.push(h);
+            connected += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (up, sockets_up) = (server.rss_kib(), open_sockets(server.pid()));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (settled, sockets_settled) = (server.rss_kib(), open_sockets(server.pid()));
+    for h in holders {
+        h.abort();
+    }
+    let per = |kib: u64| kib.saturating_sub(before) as f64 / connected as f64;
+    let conns = |n: usize| n.saturating_sub(sockets_before) as f64 / connected as f64;
+    serde_json::json!({
+        "sockets": connected,
+        "rss_before_kib": before,
+        "rss_up_kib": up,
+        "rss_settled_kib": settled,
+        "kib_per_socket_up": per(up),
+        "kib_per_socket": per(settled),
+        "connections_per_socket_up": conns(sockets_up),
+        "connections_per_socket": conns(sockets_settled),
+    })
+}
+
 /// The same allocator as the sockgate binary, so that the ceiling (this
 /// binary re-run) is compared like for like.
 #[global_allocator]
@@ -216,87 +316,122 @@ async fn main() {
     let db = BenchDb::create().await;
     let cookies = db.insert_sessions(n.max(idle + 1), 3600).await;
     let mut report = serde_json::Map::new();
+    let only = std::env::var("BENCH_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
 
-    println!(
-        "{n} handshakes per run at concurrency {concurrency}, PostgreSQL, 2 cores shared by server, client and database"
-    );
-    println!(
-        "{:<10} {:<9} {:>10} {:>8} {:>8} {:>13} {:>13} {:>9}",
-        "transport",
-        "server",
-        "per sec",
-        "p50 ms",
-        "p99 ms",
-        "srv CPU ms/hs",
-        "cli CPU ms/hs",
-        "DB tx/hs"
-    );
-    for transport in [Transport::Websocket, Transport::Polling] {
-        let sockgate = Server::start(&db.url, &[]).await;
-        let ceiling = Server::start_ceiling().await;
-        // Warm both (first-connection allocations, prepared statements).
-        run(&sockgate, transport, &cookies[..50], concurrency, None).await;
-        run(&ceiling, transport, &cookies[..50], concurrency, None).await;
-        let auth = run(&sockgate, transport, &cookies[..n], concurrency, Some(&db)).await;
-        let bare = run(&ceiling, transport, &cookies[..n], concurrency, None).await;
-        for (name, r) in [("sockgate", &auth), ("ceiling", &bare)] {
-            println!(
-                "{:<10} {:<9} {:>10.0} {:>8.2} {:>8.2} {:>13.3} {:>13.3} {:>9}",
-                format!("{transport:?}").to_lowercase(),
-                name,
-                r.rate(),
-                r.pct(0.5),
-                r.pct(0.99),
-                r.server_cpu_ms(),
-                r.client_cpu_ms(),
-                r.db_xacts.map_or("-".into(), |x| format!("{x:.3}"))
-            );
-        }
-        let ratios = serde_json::json!({
-            "rate": auth.rate() / bare.rate(),
-            "server_cpu": auth.server_cpu_ms() / bare.server_cpu_ms(),
-            "p50": auth.pct(0.5) / bare.pct(0.5),
-        });
+    if part("handshakes") {
         println!(
-            "{:<10} {:<9} {:>10.2} {:>8.2} {:>8} {:>13.2}   (sockgate / ceiling)",
-            "",
-            "ratio",
-            ratios["rate"].as_f64().unwrap(),
-            ratios["p50"].as_f64().unwrap(),
-            "",
-            ratios["server_cpu"].as_f64().unwrap()
+            "{n} handshakes per run at concurrency {concurrency}, PostgreSQL, 2 cores shared by server, client and database"
         );
-        report.insert(
+        println!(
+            "{:<10} {:<9} {:>10} {:>8} {:>8} {:>13} {:>13} {:>9}",
+            "transport",
+            "server",
+            "per sec",
+            "p50 ms",
+            "p99 ms",
+            "srv CPU ms/hs",
+            "cli CPU ms/hs",
+            "DB tx/hs"
+        );
+        for transport in [Transport::Websocket, Transport::Polling] {
+            let sockgate = Server::start(&db.url, &[]).await;
+            let ceiling = Server::start_ceiling().await;
+            // Warm both (first-connection allocations, prepared statements).
+            run(&sockgate, transport, &cookies[..50], concurrency, None).await;
+            run(&ceiling, transport, &cookies[..50], concurrency, None).await;
+            let auth = run(&sockgate, transport, &cookies[..n], concurrency, Some(&db)).await;
+            let bare = run(&ceiling, transport, &cookies[..n], concurrency, None).await;
+            for (name, r) in [("sockgate", &auth), ("ceiling", &bare)] {
+                println!(
+                    "{:<10} {:<9} {:>10.0} {:>8.2} {:>8.2} {:>13.3} {:>13.3} {:>9}",
+                    format!("{transport:?}").to_lowercase(),
+                    name,
+                    r.rate(),
+                    r.pct(0.5),
+                    r.pct(0.99),
+                    r.server_cpu_ms(),
+                    r.client_cpu_ms(),
+                    r.db_xacts.map_or("-".into(), |x| format!("{x:.3}"))
+                );
+            }
+            let ratios = serde_json::json!({
+                "rate": auth.rate() / bare.rate(),
+                "server_cpu": auth.server_cpu_ms() / bare.server_cpu_ms(),
+                "p50": auth.pct(0.5) / bare.pct(0.5),
+            });
+            println!(
+                "{:<10} {:<9} {:>10.2} {:>8.2} {:>8} {:>13.2}   (sockgate / ceiling)",
+                "",
+                "ratio",
+                ratios["rate"].as_f64().unwrap(),
+                ratios["p50"].as_f64().unwrap(),
+                "",
+                ratios["server_cpu"].as_f64().unwrap()
+            );
+            report.insert(
             format!("{transport:?}").to_lowercase(),
             serde_json::json!({ "sockgate": auth.json(), "ceiling": bare.json(), "ratio": ratios }),
         );
-        sockgate.stop();
-        ceiling.stop();
+            sockgate.stop();
+            ceiling.stop();
+        }
     }
 
-    println!("\nidle websocket sockets held open (fresh servers)");
-    let sockgate = Server::start(&db.url, &[]).await;
-    let auth = idle_memory(&sockgate, &cookies[..idle + 1]).await;
-    sockgate.stop();
-    let ceiling = Server::start_ceiling().await;
-    let bare = idle_memory(&ceiling, &cookies[..idle + 1]).await;
-    ceiling.stop();
-    for (name, m) in [("sockgate", &auth), ("ceiling", &bare)] {
-        println!(
-            "{name:<9} {} sockets: RSS {} → {} KiB, {:.2} KiB per socket",
-            m["sockets"],
-            m["rss_before_kib"],
-            m["rss_after_kib"],
-            m["kib_per_socket"].as_f64().unwrap()
+    if part("idle") {
+        println!("\nidle websocket sockets held open (fresh servers)");
+        let sockgate = Server::start(&db.url, &[]).await;
+        let auth = idle_memory(&sockgate, &cookies[..idle + 1]).await;
+        sockgate.stop();
+        let ceiling = Server::start_ceiling().await;
+        let bare = idle_memory(&ceiling, &cookies[..idle + 1]).await;
+        ceiling.stop();
+        for (name, m) in [("sockgate", &auth), ("ceiling", &bare)] {
+            println!(
+                "{name:<9} {} sockets: RSS {} → {} KiB, {:.2} KiB per socket",
+                m["sockets"],
+                m["rss_before_kib"],
+                m["rss_after_kib"],
+                m["kib_per_socket"].as_f64().unwrap()
+            );
+        }
+        report.insert(
+            "idle_memory".into(),
+            serde_json::json!({ "sockgate": auth, "ceiling": bare }),
+        );
+    }
+
+    if part("polling") {
+        let idle_polling = env_usize("BENCH_IDLE_POLLING", 2000).min(cookies.len() - 1);
+        println!("\nheld long-polling sockets, a GET pending on each (fresh servers)");
+        let sockgate = Server::start(&db.url, &[]).await;
+        let auth = idle_polling_memory(&sockgate, &cookies[..idle_polling + 1]).await;
+        sockgate.stop();
+        let ceiling = Server::start_ceiling().await;
+        let bare = idle_polling_memory(&ceiling, &cookies[..idle_polling + 1]).await;
+        ceiling.stop();
+        for (name, m) in [("sockgate", &auth), ("ceiling", &bare)] {
+            println!(
+                "{name:<9} {} sockets: RSS {} → {} KiB, {:.2} KiB per socket ({:.2} connections each); \
+             after the idle keep-alive connections closed: {} KiB, {:.2} KiB per socket ({:.2} connections each)",
+                m["sockets"],
+                m["rss_before_kib"],
+                m["rss_up_kib"],
+                m["kib_per_socket_up"].as_f64().unwrap(),
+                m["connections_per_socket_up"].as_f64().unwrap(),
+                m["rss_settled_kib"],
+                m["kib_per_socket"].as_f64().unwrap(),
+                m["connections_per_socket"].as_f64().unwrap(),
+            );
+        }
+        report.insert(
+            "idle_polling_memory".into(),
+            serde_json::json!({ "sockgate": auth, "ceiling": bare }),
         );
     }
     report.insert(
-        "idle_memory".into(),
-        serde_json::json!({ "sockgate": auth, "ceiling": bare }),
-    );
-    report.insert(
         "config".into(),
-        serde_json::json!({ "handshakes": n, "concurrency": concurrency, "idle": idle }),
+        serde_json::json!({ "handshakes": n, "concurrency": concurrency, "idle": idle, "only": only }),
     );
     support::write_report("handshake", &serde_json::Value::Object(report));
     db.drop_database().await;

@@ -129,7 +129,12 @@ pub struct Server {
 
 impl Server {
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Server {
-        let addr = free_addr();
+        Self::start_at(free_addr(), database_url, env).await
+    }
+
+    /// [`Server::start`] listening on `addr`: e.g. the address of a server
+    /// just stopped, for a restart its clients reconnect to.
+    pub async fn start_at(addr: SocketAddr, database_url: &str, env: &[(&str, &str)]) -> Server {
         // SOCKGATE_BIN runs another build of the server (an A/B of two
         // builds under one bench binary).
         let bin = std::env::var_os("SOCKGATE_BIN")
@@ -173,6 +178,29 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How the server process ended, or `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// File descriptors the server process has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// The server process's soft limit on open files (`Max open files`).
+    pub fn nofile_limit(&self) -> Option<u64> {
+        let limits =
+            std::fs::read_to_string(format!("/proc/{}/limits", self.pid())).unwrap_or_default();
+        limits
+            .lines()
+            .find_map(|l| l.strip_prefix("Max open files"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
     }
 
     /// Resident memory of the server process.
@@ -241,7 +269,7 @@ impl Metrics {
     }
 }
 
-pub use engine_io::{HandshakeError, Ws, handshake};
+pub use engine_io::{HandshakeError, Ws, handshake, handshake_from};
 
 /// One authenticated Socket.IO connection over HTTP long-polling: the
 /// handshake GET (which carries the cookie the server authenticates), the
@@ -344,6 +372,71 @@ pub async fn connect_many(
         out.push(t.await.unwrap());
     }
     out
+}
+
+/// The loopback address `127.0.<block>.<2 + i / per_address>`: connection
+/// `i` of a client spreading its connections over loopback source addresses,
+/// `per_address` each, so no one address runs out of ephemeral ports
+/// (32768-60999 here: 28,232 a destination).
+pub fn loopback_source(block: u8, i: usize, per_address: usize) -> std::net::IpAddr {
+    let host = 2 + i / per_address;
+    assert!(
+        host <= 254,
+        "{i} connections at {per_address} an address need more than 127.0.{block}.2-254"
+    );
+    std::net::Ipv4Addr::new(127, 0, block, host as u8).into()
+}
+
+/// [`connect_many`] with connection `i` made from `source(i)` (see
+/// [`loopback_source`]), each handshake given `timeout`. Holds the
+/// sockets (answering pings) until the server closes them; a connection
+/// that failed is its error.
+pub async fn connect_many_from(
+    addr: &SocketAddr,
+    cookies: &[String],
+    concurrency: usize,
+    source: impl Fn(usize) -> std::net::IpAddr,
+    timeout: Duration,
+) -> Vec<Result<tokio::task::JoinHandle<()>, String>> {
+    let sem = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = Vec::with_capacity(cookies.len());
+    for (i, cookie) in cookies.iter().enumerate() {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let addr = *addr;
+        let cookie = cookie.clone();
+        let local = source(i);
+        tasks.push(tokio::spawn(async move {
+            let ws = tokio::time::timeout(timeout, handshake_from(&addr, &cookie, local)).await;
+            drop(permit);
+            match ws {
+                Ok(Ok(ws)) => Ok(tokio::spawn(hold(ws))),
+                Ok(Err(e)) => Err(format!("{e:?}")),
+                Err(_) => Err(format!("no answer in {timeout:?}")),
+            }
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// The engine's heartbeat as a client is told it in the open packet
+/// (`pingInterval`, `pingTimeout`), from a websocket opened from `local`.
+pub async fn heartbeat(
+    addr: &SocketAddr,
+    cookie: &str,
+    local: std::net::IpAddr,
+) -> (Duration, Duration) {
+    let (ws, open) = engine_io::open_from(addr, cookie, local)
+        .await
+        .expect("an engine.io open packet");
+    drop(ws);
+    let v: serde_json::Value = serde_json::from_str(&open[1..]).expect("open packet JSON");
+    let field =
+        |k: &str| Duration::from_millis(v[k].as_u64().unwrap_or_else(|| panic!("{k} in {open}")));
+    (field("pingInterval"), field("pingTimeout"))
 }
 
 /// Writes the bench's numbers to target/bench-results/<name>.json for
