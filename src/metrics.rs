@@ -46,6 +46,9 @@ pub struct MetricSet {
     pub audit_buffer_depth: Gauge,
     pub audit_dropped: Gauge,
     pub audit_written: Gauge,
+    pub db_pool_open: Gauge,
+    pub db_pool_idle: Gauge,
+    pub db_pool_max: Gauge,
     pub audit_suppressed: Counter,
     pub panics: Counter,
     pub refusals: Family<Labels, Counter>,
@@ -82,6 +85,9 @@ impl Metrics {
             audit_buffer_depth: Gauge::default(),
             audit_dropped: Gauge::default(),
             audit_written: Gauge::default(),
+            db_pool_open: Gauge::default(),
+            db_pool_idle: Gauge::default(),
+            db_pool_max: Gauge::default(),
             audit_suppressed: Counter::default(),
             panics: Counter::default(),
             refusals: Family::default(),
@@ -202,6 +208,21 @@ impl Metrics {
             "emitter_applied",
             "Emitter operations applied to this node's sockets, by source and kind",
             m.emitter_applied.clone(),
+        );
+        r.register(
+            "db_pool_open_connections",
+            "Open connections of the session database's pool",
+            m.db_pool_open.clone(),
+        );
+        r.register(
+            "db_pool_idle_connections",
+            "Idle connections of the session database's pool",
+            m.db_pool_idle.clone(),
+        );
+        r.register(
+            "db_pool_max_connections",
+            "Most connections the session database's pool opens (DB_MAX_CONNECTIONS)",
+            m.db_pool_max.clone(),
         );
         r.register(
             "emitter_malformed",

@@ -60,6 +60,27 @@ on_every_backend!(
     }
 );
 
+on_every_backend!(metrics_show_the_session_pool, |env: TestEnv| async move {
+    let minted = env.mint("42").await;
+    let mut c = client::connect(
+        &env.url(),
+        Transport::Websocket,
+        cookie(&env, &minted.cookie_value),
+    )
+    .await;
+    c.outcome().await.expect("authenticated");
+    let base = env.url();
+    let open = common::wire::metric(&base, "sockgate_db_pool_open_connections").await;
+    let idle = common::wire::metric(&base, "sockgate_db_pool_idle_connections").await;
+    let max = common::wire::metric(&base, "sockgate_db_pool_max_connections").await;
+    // The handshake's query went through the pool, so it has a
+    // connection; none is held once the query is done.
+    assert_eq!(max, f64::from(env.config.db_max_connections));
+    assert!(open >= 1.0 && open <= max, "open {open} of {max}");
+    assert!(idle <= open, "idle {idle} of {open}");
+    c.disconnect().await;
+});
+
 on_every_backend!(auth_payload_is_the_fallback, |env: TestEnv| async move {
     for transport in Transport::ALL {
         let minted = env.mint("7").await;

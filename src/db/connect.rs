@@ -111,6 +111,22 @@ async fn connect_postgres(config: &Config) -> Result<Database, DbError> {
     })
 }
 
+/// Connections of the session database's pool: (open, idle). An
+/// operator's view of whether the pool keeps up (`/metrics`).
+pub fn pool_stats(db: &DatabaseConnection) -> (u32, usize) {
+    match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        DbBackend::Sqlite => {
+            let pool = db.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        _ => (0, 0),
+    }
+}
+
 /// A small pool of its own for the Socket.IO PostgreSQL adapter (NOTIFY
 /// and attachments; its LISTEN connection is separate), so cluster traffic
 /// never waits behind handshakes for a connection, nor they behind it.
