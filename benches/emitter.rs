@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use support::{BenchDb, Server};
+use support::{BenchDb, Server, env_usize, own_cpu};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Notify, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
@@ -46,13 +46,6 @@ const WARMUP: usize = 3;
 /// A round that has not reached every socket by then is a failure.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
 const HANDSHAKE_CONCURRENCY: usize = 64;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// CLOCK_MONOTONIC in nanoseconds: what Node's `process.hrtime.bigint()`
 /// reads, so the two processes' stamps compare.
@@ -257,16 +250,6 @@ async fn measured_round(app: &mut App, round: &Round, seq: u64) -> Timing {
         last_node: last_node.map(|l| l.saturating_sub(t0)),
         last: last_node[0].max(last_node[1]).saturating_sub(t0),
     }
-}
-
-/// User + system CPU time of this process (the sockets' reads, the rest is
-/// idle between rounds).
-fn own_cpu() -> Duration {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid out-pointer to an rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 fn ms(ns: u64) -> f64 {

@@ -91,10 +91,7 @@ async fn main() {
     let db = BenchDb::create().await;
     // User 0 is the admin of organization 1; users 1..=2*ROUNDS are its guests.
     let cookies = db.insert_sessions(2 * ROUNDS + 1, 3600).await;
-    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = support::pg_client(&db.url).await;
     client
         .batch_execute(&format!(
             "INSERT INTO sockgate.app_user (id, username, created_at) SELECT i::text, 'u' || i, now() FROM generate_series(0, {n}) i;

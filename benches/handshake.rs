@@ -18,22 +18,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{BenchDb, HandshakeError, Server};
+use support::{BenchDb, HandshakeError, Server, env_usize, own_cpu};
 use tokio::sync::Semaphore;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn own_cpu() -> Duration {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Transport {
@@ -89,10 +75,7 @@ impl Run {
 /// when idle, at most every 10 s, hence the wait.
 async fn db_transactions(db: &BenchDb) -> f64 {
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let (client, conn) = tokio_postgres::connect(&db.admin, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = support::pg_client(&db.admin).await;
     let row = client
         .query_one(
             "SELECT (xact_commit + xact_rollback)::float8 FROM pg_stat_database WHERE datname = $1",

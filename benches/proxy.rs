@@ -19,17 +19,10 @@ use futures_util::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use support::{BenchDb, Server};
+use support::{BenchDb, Server, env_usize};
 use tokio_tungstenite::tungstenite::Message;
 
 const PROXY_SECRET: &str = "bench-proxy-secret-of-32-bytes!!";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn mac(timestamp: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(PROXY_SECRET.as_bytes()).unwrap();

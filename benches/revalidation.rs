@@ -119,10 +119,7 @@ async fn main() {
 /// Users `0..n` (the bench sessions' users) as unlocked guests of one
 /// organization.
 async fn insert_guests(url: &str, n: usize) {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = support::pg_client(url).await;
     client
         .batch_execute(&format!(
             "INSERT INTO sockgate.app_user (id, username, created_at) \

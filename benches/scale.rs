@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use support::{BenchDb, HandshakeError, Server, Ws};
+use support::{BenchDb, HandshakeError, Server, Ws, env_usize, own_cpu};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -80,24 +80,8 @@ const TICK_DB: &str = "sockgate_revalidation_last_tick_db_seconds";
 const TICK_WALL: &str = "sockgate_revalidation_last_tick_seconds";
 const LIVE: &str = "sockgate_live_sockets";
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// CPU time of this process (the load client).
-fn own_cpu() -> Duration {
-    // SAFETY: a zeroed rusage is a valid out-parameter.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// A `/proc/meminfo` field, in KiB.
@@ -159,10 +143,7 @@ fn raise_nofile(needed: u64) -> libc::rlimit {
 
 /// Organization 1 with user 0 its admin and user 7 its (unlocked) guest 7.
 async fn setup_org(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = support::pg_client(url).await;
     client
         .batch_execute(&format!(
             "INSERT INTO sockgate.app_user (id, username, created_at) VALUES

@@ -34,10 +34,7 @@ impl BenchDb {
             .filter(|u| u.starts_with("postgres"))
             .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
         let name = format!("sockgate_bench_{}", std::process::id());
-        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL for the bench (set DATABASE_URL)");
-        tokio::spawn(conn);
+        let client = pg_client(&admin).await;
         client
             .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
             .await
@@ -77,10 +74,7 @@ impl BenchDb {
 
     /// Session `i` is of `user`, or of user `i` when there is none.
     async fn insert(&self, n: usize, user: Option<i64>, ttl_secs: i64) -> Vec<String> {
-        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let client = pg_client(&self.url).await;
         let prefix = match user {
             None => "bench-".to_owned(),
             Some(user) => format!("bench-u{user}-"),
@@ -109,10 +103,7 @@ impl BenchDb {
     }
 
     pub async fn drop_database(&self) {
-        let (client, conn) = tokio_postgres::connect(&self.admin, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let client = pg_client(&self.admin).await;
         let _ = client
             .batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -120,6 +111,32 @@ impl BenchDb {
             ))
             .await;
     }
+}
+
+/// A knob from the environment, else its default.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// User + system CPU time of this process (the bench's own client).
+pub fn own_cpu() -> Duration {
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// A PostgreSQL client on `url`, its connection driven by a task of its own.
+pub async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL for the bench (set DATABASE_URL)");
+    tokio::spawn(conn);
+    client
 }
 
 pub struct Server {

@@ -502,8 +502,9 @@ mod tests {
     /// The database is away (a closed pool): the queue fills, and it stops
     /// at its byte bound, not only at its event count; what it refuses is
     /// counted.
-    #[tokio::test]
-    async fn the_queue_is_bounded_in_bytes() {
+    /// An in-memory SQLite database with sockgate's tables (one
+    /// connection: each holds a memory database of its own).
+    async fn sqlite_audit() -> (crate::db::connect::Database, Tables) {
         let mut config = crate::config::Config::for_database("sqlite::memory:");
         config.db_max_connections = 1;
         let db = crate::db::connect::connect(&config).await.unwrap();
@@ -517,6 +518,12 @@ mod tests {
         )
         .await
         .unwrap();
+        (db, tables)
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes() {
+        let (db, tables) = sqlite_audit().await;
         db.conn.close_by_ref().await.unwrap();
         let max_bytes = 64 * 1024;
         let log = AuditLog::spawn(
@@ -545,21 +552,8 @@ mod tests {
     /// statement's parameters): every event lands, none is dropped.
     #[tokio::test]
     async fn full_batches_are_written_whole() {
-        let mut config = crate::config::Config::for_database("sqlite::memory:");
-        config.db_max_connections = 1;
-        let db = crate::db::connect::connect(&config).await.unwrap();
-        crate::db::connect::migrate(&config, &db).await.unwrap();
-        let ns = crate::db::tables::Namespace::new(DbBackend::Sqlite, "sockgate");
-        let tables = Arc::new(
-            Tables::resolve(
-                &db.conn,
-                db.session_zone.as_deref(),
-                &ns,
-                &Default::default(),
-            )
-            .await
-            .unwrap(),
-        );
+        let (db, tables) = sqlite_audit().await;
+        let tables = Arc::new(tables);
         let log = AuditLog::spawn(
             db.conn.clone(),
             tables.clone(),
