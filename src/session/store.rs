@@ -217,7 +217,8 @@ impl SessionStore {
     }
 
     /// One query for up to [`Self::check_chunk`] sessions; rows missing from
-    /// the answer were deleted. Guest locks are not read here (each would
+    /// the answer were deleted. Each row's `sess` is read here, as the
+    /// handshake reads it, so the app's database only looks rows up. Guest locks are not read here (each would
     /// be another parse of every row's `sess`): ask [`Self::locked_guests`]
     /// for the users whose sessions the rules keep.
     pub async fn check_many(&self, sids: &[String]) -> Result<Vec<SessionCheck>, StoreError> {
@@ -228,36 +229,18 @@ impl SessionStore {
         let rows = self.db.query_all_raw(stmt).await?;
         let mut checks = Vec::with_capacity(rows.len());
         for row in &rows {
-            let expire_at = self.dialect.expire_at(row)?;
-            let raw_sess: Option<String> = row.try_get("", "raw_sess")?;
-            let check = match raw_sess.and_then(|t| serde_json::from_str::<Json>(&t).ok()) {
-                // A session SQL's JSON operators could not read (see
-                // `Dialect::json_skips_nul_escape`): decoded here.
-                Some(sess) => SessionCheck {
-                    sid: row.try_get("", "sid")?,
-                    expire_at,
-                    user: crate::session::rules::passport_user(&sess),
-                    original_max_age_ms: crate::session::rules::original_max_age(&sess),
-                },
-                None => {
-                    let user_json: Option<String> = row.try_get("", "user_json")?;
-                    let max_age: Option<String> = row.try_get("", "max_age")?;
-                    let user = user_json
-                        .and_then(|text| serde_json::from_str::<Json>(&text).ok())
-                        .and_then(|user| {
-                            crate::session::rules::passport_user(
-                                &serde_json::json!({"passport": {"user": user}}),
-                            )
-                        });
-                    SessionCheck {
-                        sid: row.try_get("", "sid")?,
-                        expire_at,
-                        user,
-                        original_max_age_ms: max_age.and_then(|t| t.parse::<f64>().ok()),
-                    }
-                }
-            };
-            checks.push(check);
+            let sess: String = row.try_get("", "sess")?;
+            // As the handshake reads it (`load`): text that is not JSON
+            // names no user.
+            let sess = serde_json::from_str::<Json>(&sess).ok();
+            checks.push(SessionCheck {
+                sid: row.try_get("", "sid")?,
+                expire_at: self.dialect.expire_at(row)?,
+                user: sess.as_ref().and_then(crate::session::rules::passport_user),
+                original_max_age_ms: sess
+                    .as_ref()
+                    .and_then(crate::session::rules::original_max_age),
+            });
         }
         Ok(checks)
     }
