@@ -111,7 +111,10 @@ impl Driver for ListenDriver {
     }
 
     async fn notify(&self, channel: &str, message: &str) -> Result<(), Self::Error> {
-        self.inner.notify(channel, message).await
+        self.inner.notify(channel, message).await?;
+        // `pg_notify` runs in a transaction of its own: it is committed now.
+        crate::live::fence::sent();
+        Ok(())
     }
 
     async fn push_attachment(&self, table: &str, attachment: &[u8]) -> Result<i64, Self::Error> {

@@ -5,13 +5,16 @@
 //! why a user's sockets end is the caller's (`guests`), and it knows nothing
 //! of HTTP or the database.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde_json::Value as Json;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
+use socketioxide::socket::Sid;
 
+use crate::live::fence;
 use crate::live::registry::{self, Registry};
 use crate::session::rules::UserId;
 
@@ -73,7 +76,31 @@ impl<A: Adapter> Fleet for Cluster<A> {
                 Scope::Cluster => self.io.to(room.clone()),
                 Scope::Local => self.io.local().to(room.clone()),
             };
-            let count = to().fetch_sockets().await.map_err(|e| adapter(&e))?.len();
+            // This node's sockets are counted before anything is closed:
+            // the cluster count below runs alongside the closes.
+            let here: HashSet<Sid> = self
+                .io
+                .local()
+                .to(room.clone())
+                .fetch_sockets()
+                .await
+                .map_err(|e| adapter(&e))?
+                .iter()
+                .map(|s| s.data().id)
+                .collect();
+            // The other nodes' count is asked for first and waited for last:
+            // the notice and the close go out as soon as the request for it
+            // is committed, so every node counts its sockets before it closes
+            // them, and nobody waits for the answer but the caller.
+            let elsewhere = match scope {
+                Scope::Local => None,
+                Scope::Cluster => {
+                    let (fetch, sent) = fence::watch(to().fetch_sockets());
+                    let fetch = tokio::spawn(fetch);
+                    let _ = sent.await;
+                    Some(fetch)
+                }
+            };
             // Per-socket send errors (a full buffer) are left to the sweep below;
             // only an adapter failure means other nodes were not reached.
             let emitted = to().emit(notice.event, &notice.payload).await;
@@ -102,6 +129,17 @@ impl<A: Adapter> Fleet for Cluster<A> {
                 tracing::warn!(user = %user, sockets = stuck.len(), "sockets with a full buffer: notice and close retried");
                 registry::notify_and_disconnect_all(stuck, notice.event, notice.payload.clone());
             }
+            let count = match elsewhere {
+                None => here.len(),
+                Some(fetch) => {
+                    let all = fetch
+                        .await
+                        .map_err(|e| adapter(&e))?
+                        .map_err(|e| adapter(&e))?;
+                    let remote = all.iter().filter(|s| !here.contains(&s.data().id)).count();
+                    here.len() + remote
+                }
+            };
             Ok(count)
         })
     }
