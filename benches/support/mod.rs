@@ -160,7 +160,12 @@ impl Server {
         cmd.env("DATABASE_URL", database_url)
             .env("SESSION_SECRET", SECRET)
             .env("LISTEN_ADDR", addr.to_string())
-            .env("RUST_LOG", "warn")
+            // BENCH_SERVER_LOG: the servers' RUST_LOG, to see where a slow
+            // sample went (default: warnings only).
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             // One client address drives thousands of connections.
             .envs(unlimited_env::UNLIMITED_ENV)
             .envs(env.iter().copied());
@@ -179,8 +184,14 @@ impl Server {
 
     /// Starts `cmd` and waits until it listens on `addr`.
     async fn spawn(mut cmd: Command, addr: SocketAddr, what: &str) -> Server {
+        // The server logs to stdout: shown only when asked for.
+        let logs = if std::env::var_os("BENCH_SERVER_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
         let child = cmd
-            .stdout(Stdio::null())
+            .stdout(logs)
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {what}: {e}"));
