@@ -52,11 +52,10 @@ async fn round(
             .expect("guest connects");
         watchers.push(tokio::spawn(watch(ws)));
     }
+    // Built before the clock starts: building a client loads TLS roots.
+    let http = reqwest::Client::builder().use_rustls_tls().build().unwrap();
     let started = Instant::now();
-    let resp = reqwest::Client::builder()
-        .use_rustls_tls()
-        .build()
-        .unwrap()
+    let resp = http
         .post(format!(
             "http://{admin_node}/api/admin/guest/{guest_id}/disconnect"
         ))

@@ -357,9 +357,12 @@ async fn idle_scale(a: IdleArgs<'_>) -> Idle {
          fds {fds_before} -> {fds_after}; kernel Slab {slab_before} -> {slab_after} KiB"
     );
 
-    // The admin locks the guest: request → guest:locked → close.
+    // The admin locks the guest: request → guest:locked → close. The
+    // client is built first: its first build loads TLS roots (tens of ms),
+    // which is the bench's cost, not the server's.
+    let http = reqwest::Client::new();
     let t = Instant::now();
-    let resp = reqwest::Client::new()
+    let resp = http
         .post(format!(
             "http://{}/api/admin/guest/{GUEST_USER}/disconnect",
             server.addr
