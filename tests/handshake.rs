@@ -60,6 +60,60 @@ on_every_backend!(
     }
 );
 
+// Handshakes that arrive together share one lookup statement
+// (`session::lookup`): each must still get exactly its own session, or
+// none, whatever else is in the batch.
+on_every_backend!(
+    concurrent_handshakes_each_get_their_own_session,
+    |env: TestEnv| async move {
+        const USERS: usize = 24;
+        let mut minted = Vec::new();
+        for i in 0..USERS {
+            minted.push(env.mint(&format!("user-{i}")).await);
+        }
+        let expired = "expired-in-a-batch";
+        env.write_session(
+            expired,
+            &json!({"cookie": {}, "passport": {"user": "expired-user"}}),
+            now_secs() - 5,
+        )
+        .await;
+        // Every user once, user 0's session on three sockets at once, and
+        // ids with nothing stored or an expired row, all in flight together.
+        let mut attempts: Vec<(Option<usize>, String)> = (0..USERS)
+            .map(|i| (Some(i), minted[i].cookie_value.clone()))
+            .collect();
+        attempts.push((Some(0), minted[0].cookie_value.clone()));
+        attempts.push((Some(0), minted[0].cookie_value.clone()));
+        for i in 0..4 {
+            attempts.push((None, env.cookie_value(&format!("no-such-session-{i}"))));
+        }
+        attempts.push((None, env.cookie_value(expired)));
+        let url = env.url();
+        let clients =
+            futures_util::future::join_all(attempts.iter().enumerate().map(|(n, (_, value))| {
+                let transport = Transport::ALL[n % Transport::ALL.len()];
+                client::connect(&url, transport, cookie(&env, value))
+            }))
+            .await;
+        for ((user, _), mut c) in attempts.into_iter().zip(clients) {
+            match user {
+                Some(i) => {
+                    c.outcome()
+                        .await
+                        .unwrap_or_else(|e| panic!("user-{i} refused: {e}"));
+                    assert_eq!(
+                        c.whoami().await,
+                        json!({"userId": format!("user-{i}"), "sessionId": minted[i].sid, "authenticated": true})
+                    );
+                    c.disconnect().await;
+                }
+                None => c.expect_refused("Session expired").await,
+            }
+        }
+    }
+);
+
 on_every_backend!(metrics_show_the_session_pool, |env: TestEnv| async move {
     let minted = env.mint("42").await;
     let mut c = client::connect(

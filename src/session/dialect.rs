@@ -100,25 +100,44 @@ impl Dialect {
         }
     }
 
-    /// The row of `sid`: columns `sid`, `sess` (text), `expire_at` (read
-    /// with [`Self::expire_at`]) and the store's `guest_lock` column.
-    pub fn load(self, table: &str, guest_lock: &str, sid: &str, zone: &str) -> Statement {
+    /// The rows of `sids`: columns `sid`, `sess` (text), `expire_at` (read
+    /// with [`Self::expire_at`]) and the store's `guest_lock` column. One
+    /// statement text for any number of ids (an array on PostgreSQL, a JSON
+    /// array on SQLite), so one prepared statement serves every batch.
+    pub fn load_many(
+        self,
+        table: &str,
+        guest_lock: &str,
+        sids: &[String],
+        zone: &str,
+    ) -> Statement {
         match self {
             Self::Postgres => Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 format!(
                     "SELECT sid, sess::text AS sess, {}, {guest_lock} \
-                     FROM {table} WHERE sid = $1",
+                     FROM {table} WHERE sid = ANY($1)",
                     pg_expire_at("$2"),
                 ),
-                [sid.into(), zone.into()],
+                [
+                    Value::Array(
+                        ArrayType::String,
+                        Some(Box::new(
+                            sids.iter().map(|s| Value::from(s.as_str())).collect(),
+                        )),
+                    ),
+                    zone.into(),
+                ],
             ),
             Self::Sqlite => Statement::from_sql_and_values(
                 DbBackend::Sqlite,
                 format!(
-                    "SELECT sid, sess AS sess, expire AS expire_at, {guest_lock} FROM {table} WHERE sid = ?"
+                    "SELECT sid, sess AS sess, expire AS expire_at, {guest_lock} FROM {table} \
+                     WHERE sid IN (SELECT CAST(value AS TEXT) FROM json_each(?))"
                 ),
-                [sid.into()],
+                [serde_json::to_string(sids)
+                    .expect("strings serialize")
+                    .into()],
             ),
         }
     }
@@ -382,22 +401,25 @@ mod tests {
 
     #[test]
     fn postgres_names_the_zone_in_every_expire_it_reads_or_writes() {
-        let load =
-            Dialect::Postgres.load("\"session\"", "NULL AS guest_lock", "s1", "Europe/Berlin");
+        let sids = ["s1".to_owned(), "s2".to_owned()];
+        let load = Dialect::Postgres.load_many(
+            "\"session\"",
+            "NULL AS guest_lock",
+            &sids,
+            "Europe/Berlin",
+        );
         assert!(
             load.sql.contains("AT TIME ZONE $2) AS expire_at"),
             "{}",
             load.sql
         );
         assert!(
-            load.sql.ends_with("FROM \"session\" WHERE sid = $1"),
+            load.sql.ends_with("FROM \"session\" WHERE sid = ANY($1)"),
             "{}",
             load.sql
         );
-        assert_eq!(
-            values(&load),
-            vec![Value::from("s1"), Value::from("Europe/Berlin")]
-        );
+        assert_eq!(values(&load).len(), 2);
+        assert_eq!(values(&load)[1], Value::from("Europe/Berlin"));
 
         let upsert = Dialect::Postgres.upsert("\"session\"", "s1", "{}".to_owned(), 60, "UTC");
         assert_eq!(
@@ -433,12 +455,18 @@ mod tests {
 
     #[test]
     fn sqlite_binds_utc_wall_clock_and_no_zone() {
-        let load = Dialect::Sqlite.load("\"session\"", "NULL AS guest_lock", "s1", "Europe/Berlin");
+        let load = Dialect::Sqlite.load_many(
+            "\"session\"",
+            "NULL AS guest_lock",
+            &["s1".to_owned()],
+            "Europe/Berlin",
+        );
         assert_eq!(
             load.sql,
-            "SELECT sid, sess AS sess, expire AS expire_at, NULL AS guest_lock FROM \"session\" WHERE sid = ?"
+            "SELECT sid, sess AS sess, expire AS expire_at, NULL AS guest_lock FROM \"session\" \
+             WHERE sid IN (SELECT CAST(value AS TEXT) FROM json_each(?))"
         );
-        assert_eq!(values(&load), vec![Value::from("s1")]);
+        assert_eq!(values(&load), vec![Value::from("[\"s1\"]")]);
 
         let upsert = Dialect::Sqlite.upsert(
             "\"session\"",

@@ -7,6 +7,7 @@
 pub(crate) mod auth;
 pub(crate) mod cookie;
 pub(crate) mod dialect;
+pub(crate) mod lookup;
 pub(crate) mod mint;
 pub(crate) mod rules;
 pub(crate) mod signature;

@@ -16,13 +16,20 @@ use crate::db::sql::{Sql, as_id};
 use crate::db::tables::Tables;
 pub use crate::session::dialect::Extension;
 use crate::session::dialect::{Dialect, NUL_ESCAPE};
+use crate::session::lookup::Lookups;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached or answered with an error: callers
-    /// fail closed.
+    /// fail closed. Shared: one failed statement answers a batch of lookups.
     #[error("session store unavailable: {0}")]
-    Unavailable(#[from] DbErr),
+    Unavailable(Arc<DbErr>),
+}
+
+impl From<DbErr> for StoreError {
+    fn from(e: DbErr) -> Self {
+        StoreError::Unavailable(Arc::new(e))
+    }
 }
 
 /// A row of the session table.
@@ -55,6 +62,8 @@ pub struct SessionStore {
     /// Where soft-locked guests are read; without it no session is
     /// judged locked (`sockgate session mint` only).
     tables: Option<Arc<Tables>>,
+    /// Concurrent handshakes' lookups, shared by every clone.
+    lookups: Arc<Lookups>,
 }
 
 impl SessionStore {
@@ -73,6 +82,7 @@ impl SessionStore {
             zone: db.session_zone.clone().unwrap_or_else(|| "UTC".to_owned()),
             db: db.conn.clone(),
             tables,
+            lookups: Arc::default(),
         }
     }
 
@@ -83,12 +93,10 @@ impl SessionStore {
 
     /// The session row for `sid`, expired or not; the caller judges expiry
     /// with `session::rules::is_live`, which is connect-pg-simple's rule.
+    /// One round trip, shared with the handshakes looked up beside it
+    /// (`session::lookup`).
     pub async fn load(&self, sid: &str) -> Result<Option<StoredSession>, StoreError> {
-        let stmt = self
-            .dialect
-            .load(&self.table, &self.guest_lock_column(), sid, &self.zone);
-        let row = self.db.query_one_raw(stmt).await?;
-        let Some(mut stored) = row.map(|row| self.decode(&row)).transpose()? else {
+        let Some(mut stored) = self.lookups.load(self, sid).await? else {
             return Ok(None);
         };
         // The lock column could not read a session PostgreSQL's JSON
@@ -130,6 +138,22 @@ impl SessionStore {
         Ok(row
             .map(|r| r.try_get::<String>("", "guest_lock"))
             .transpose()?)
+    }
+
+    /// The rows of `sids` (any number), in one statement.
+    pub(crate) async fn load_many(
+        &self,
+        sids: &[String],
+    ) -> Result<Vec<StoredSession>, StoreError> {
+        let stmt = self
+            .dialect
+            .load_many(&self.table, &self.guest_lock_column(), sids, &self.zone);
+        let rows = self.db.query_all_raw(stmt).await?;
+        rows.iter().map(|row| self.decode(row)).collect()
+    }
+
+    pub(crate) fn lookups(&self) -> &Lookups {
+        &self.lookups
     }
 
     fn decode(&self, row: &sea_orm::QueryResult) -> Result<StoredSession, StoreError> {
