@@ -244,6 +244,8 @@ impl AuditLog {
 /// --bench scale`). At most 12 parameters a row: 12,288, under both
 /// PostgreSQL's (65,535) and SQLite's (32,766) limits.
 const BATCH: usize = 1024;
+/// How long the writer gathers events before an INSERT.
+const LINGER: Duration = Duration::from_millis(5);
 
 /// One INSERT for a batch of events, into the audit target's mapped
 /// columns. A field without a column of its own goes into the details
@@ -475,6 +477,20 @@ async fn writer(
     let mut rx = rx.lock().await;
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        // Under load events arrive a few at a time: gathered for a moment
+        // they make one INSERT instead of several, each of which costs a
+        // statement, a pool checkout and the pool's return ping. The
+        // channel closing ends the wait at once, so a shutdown still
+        // writes everything.
+        let _ = tokio::time::timeout(LINGER, async {
+            loop {
+                let room = BATCH - batch.len();
+                if room == 0 || rx.recv_many(&mut batch, room).await == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
         let mut backoff = Duration::from_millis(100);
         let count = batch.len() as u64;
         let weight: usize = batch.iter().map(|(_, w)| w).sum();
