@@ -16,7 +16,7 @@ use crate::db::sql::{Sql, as_id};
 use crate::db::tables::Tables;
 pub use crate::session::dialect::Extension;
 use crate::session::dialect::{Dialect, NUL_ESCAPE};
-use crate::session::lookup::Lookups;
+use crate::session::lookup::{Keyed, Lookups};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -46,6 +46,12 @@ pub struct StoredSession {
     raw_nul: bool,
 }
 
+impl Keyed for StoredSession {
+    fn key(&self) -> &str {
+        &self.sid
+    }
+}
+
 /// Every statement that reads or writes `expire` names the Node app's
 /// zone itself (`expire AT TIME ZONE $zone`, the zone a bound parameter),
 /// so nothing depends on the connection's `TimeZone`: a pooler in
@@ -63,7 +69,7 @@ pub struct SessionStore {
     /// judged locked (`sockgate session mint` only).
     tables: Option<Arc<Tables>>,
     /// Concurrent handshakes' lookups, shared by every clone.
-    lookups: Arc<Lookups>,
+    lookups: Arc<Lookups<StoredSession, StoreError>>,
 }
 
 impl SessionStore {
@@ -96,7 +102,20 @@ impl SessionStore {
     /// One round trip, shared with the handshakes looked up beside it
     /// (`session::lookup`).
     pub async fn load(&self, sid: &str) -> Result<Option<StoredSession>, StoreError> {
-        let Some(mut stored) = self.lookups.load(self, sid).await? else {
+        let store = self.clone();
+        let found = self
+            .lookups
+            .load(sid, move |sids| {
+                let store = store.clone();
+                async move { store.load_many(&sids).await }
+            })
+            .await
+            .unwrap_or_else(|| {
+                Err(StoreError::Unavailable(Arc::new(DbErr::Custom(
+                    "session lookup ended without an answer".to_owned(),
+                ))))
+            });
+        let Some(mut stored) = found? else {
             return Ok(None);
         };
         // The lock column could not read a session PostgreSQL's JSON
@@ -141,19 +160,12 @@ impl SessionStore {
     }
 
     /// The rows of `sids` (any number), in one statement.
-    pub(crate) async fn load_many(
-        &self,
-        sids: &[String],
-    ) -> Result<Vec<StoredSession>, StoreError> {
+    async fn load_many(&self, sids: &[String]) -> Result<Vec<StoredSession>, StoreError> {
         let stmt = self
             .dialect
             .load_many(&self.table, &self.guest_lock_column(), sids, &self.zone);
         let rows = self.db.query_all_raw(stmt).await?;
         rows.iter().map(|row| self.decode(row)).collect()
-    }
-
-    pub(crate) fn lookups(&self) -> &Lookups {
-        &self.lookups
     }
 
     fn decode(&self, row: &sea_orm::QueryResult) -> Result<StoredSession, StoreError> {
