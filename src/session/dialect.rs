@@ -119,15 +119,7 @@ impl Dialect {
                      FROM {table} WHERE sid = ANY($1)",
                     pg_expire_at("$2"),
                 ),
-                [
-                    Value::Array(
-                        ArrayType::String,
-                        Some(Box::new(
-                            sids.iter().map(|s| Value::from(s.as_str())).collect(),
-                        )),
-                    ),
-                    zone.into(),
-                ],
+                [pg_text_array(sids.iter().map(String::as_str)), zone.into()],
             ),
             Self::Sqlite => Statement::from_sql_and_values(
                 DbBackend::Sqlite,
@@ -222,15 +214,7 @@ impl Dialect {
                      FROM {table} WHERE sid = ANY($1)",
                     pg_expire_at("$2"),
                 ),
-                [
-                    Value::Array(
-                        ArrayType::String,
-                        Some(Box::new(
-                            sids.iter().map(|s| Value::from(s.as_str())).collect(),
-                        )),
-                    ),
-                    zone.into(),
-                ],
+                [pg_text_array(sids.iter().map(String::as_str)), zone.into()],
             ),
             Self::Sqlite => Statement::from_sql_and_values(
                 DbBackend::Sqlite,
@@ -251,10 +235,7 @@ impl Dialect {
     pub fn text_list(self, sql: &mut Sql, values: &[&str]) -> String {
         match self {
             Self::Postgres => {
-                let param = sql.bind(Value::Array(
-                    ArrayType::String,
-                    Some(Box::new(values.iter().map(|v| Value::from(*v)).collect())),
-                ));
+                let param = sql.bind(pg_text_array(values.iter().copied()));
                 format!("unnest(CAST({param} AS text[])) AS u(id)")
             }
             Self::Sqlite => {
@@ -348,6 +329,14 @@ fn sqlite_expire(expire_secs: i64) -> NaiveDateTime {
 /// `expire` as the instant the Node app means (`$zone` is the parameter
 /// with the zone), clamped to a range every driver decodes: `infinity` is
 /// a legal timestamp and would fail the row's decoding.
+/// `values` as one PostgreSQL `text[]` parameter.
+fn pg_text_array<'a>(values: impl Iterator<Item = &'a str>) -> Value {
+    Value::Array(
+        ArrayType::String,
+        Some(Box::new(values.map(Value::from).collect())),
+    )
+}
+
 fn pg_expire_at(zone_param: &str) -> String {
     format!(
         "(LEAST(GREATEST(expire, '1970-01-01'::timestamp), '9999-12-31'::timestamp) AT TIME ZONE {zone_param}) AS expire_at"
