@@ -67,11 +67,18 @@ impl<R, E> State<R, E> {
 
 impl<R: Keyed, E: Clone + Send + 'static> Lookups<R, E> {
     /// The row of `key`, looked up alone or with others by `fetch` (the
-    /// rows of any number of keys, in one statement). `None` when the batch
-    /// task ended without answering: it panicked.
-    pub async fn load<F, Fut>(self: &Arc<Self>, key: &str, fetch: F) -> Option<Result<Option<R>, E>>
+    /// rows of any number of keys from `source`, in one statement). Only a
+    /// lookup that starts a batch copies `source` into it. `None` when the
+    /// batch task ended without answering: it panicked.
+    pub async fn load<S, F, Fut>(
+        self: &Arc<Self>,
+        key: &str,
+        source: &S,
+        fetch: F,
+    ) -> Option<Result<Option<R>, E>>
     where
-        F: Fn(Vec<String>) -> Fut + Send + 'static,
+        S: Clone + Send + 'static,
+        F: Fn(S, Vec<String>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<R>, E>> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
@@ -81,22 +88,27 @@ impl<R: Keyed, E: Clone + Send + 'static> Lookups<R, E> {
             state.next_batch()
         };
         if let Some(batch) = batch {
-            tokio::spawn(self.clone().run(batch, fetch));
+            tokio::spawn(self.clone().run(batch, source.clone(), fetch));
         }
         rx.await.ok()
     }
 
     /// Runs `batch`, then whatever queued meanwhile, until nothing waits.
-    async fn run<F, Fut>(self: Arc<Self>, mut batch: Vec<(String, Reply<R, E>)>, fetch: F)
-    where
-        F: Fn(Vec<String>) -> Fut,
+    async fn run<S, F, Fut>(
+        self: Arc<Self>,
+        mut batch: Vec<(String, Reply<R, E>)>,
+        source: S,
+        fetch: F,
+    ) where
+        S: Clone,
+        F: Fn(S, Vec<String>) -> Fut,
         Fut: Future<Output = Result<Vec<R>, E>>,
     {
         loop {
             let mut keys: Vec<String> = batch.iter().map(|(key, _)| key.clone()).collect();
             keys.sort_unstable();
             keys.dedup();
-            match fetch(keys).await {
+            match fetch(source.clone(), keys).await {
                 Ok(rows) => {
                     let rows: HashMap<&str, &R> = rows.iter().map(|row| (row.key(), row)).collect();
                     for (key, reply) in batch {
@@ -175,19 +187,18 @@ mod tests {
 
     type Fetched = futures_util::future::BoxFuture<'static, Result<Vec<Row>, ()>>;
 
-    /// A store where only even keys exist, slow enough that lookups pile up.
-    fn fetch(statements: Arc<AtomicUsize>) -> impl Fn(Vec<String>) -> Fetched + Send + 'static {
-        move |keys: Vec<String>| {
-            statements.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok(keys
-                    .into_iter()
-                    .filter(|k| k.parse::<u32>().unwrap() % 2 == 0)
-                    .map(Row)
-                    .collect())
-            })
-        }
+    /// A store where only even keys exist, slow enough that lookups pile up;
+    /// it counts its statements.
+    fn fetch(statements: Arc<AtomicUsize>, keys: Vec<String>) -> Fetched {
+        statements.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(keys
+                .into_iter()
+                .filter(|k| k.parse::<u32>().unwrap() % 2 == 0)
+                .map(Row)
+                .collect())
+        })
     }
 
     #[tokio::test]
@@ -196,8 +207,7 @@ mod tests {
         let statements = Arc::new(AtomicUsize::new(0));
         let keys: Vec<String> = (0..40).map(|i| (i % 30).to_string()).collect();
         let answers = futures_util::future::join_all(
-            keys.iter()
-                .map(|k| lookups.load(k, fetch(statements.clone()))),
+            keys.iter().map(|k| lookups.load(k, &statements, fetch)),
         )
         .await;
         for (key, answer) in keys.iter().zip(answers) {
@@ -214,7 +224,7 @@ mod tests {
         let lookups = Arc::new(Lookups::<Row, &'static str>::default());
         let keys: Vec<String> = (0..5).map(|i| i.to_string()).collect();
         let answers = futures_util::future::join_all(keys.iter().map(|key| {
-            lookups.load(key, |_keys| async {
+            lookups.load(key, &(), |(), _keys| async {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 Err("database away")
             })

@@ -102,12 +102,10 @@ impl SessionStore {
     /// One round trip, shared with the handshakes looked up beside it
     /// (`session::lookup`).
     pub async fn load(&self, sid: &str) -> Result<Option<StoredSession>, StoreError> {
-        let store = self.clone();
         let found = self
             .lookups
-            .load(sid, move |sids| {
-                let store = store.clone();
-                async move { store.load_many(&sids).await }
+            .load(sid, self, |store, sids| async move {
+                store.load_many(&sids).await
             })
             .await
             .unwrap_or_else(|| {
@@ -254,9 +252,10 @@ impl SessionStore {
 
     /// One query for up to [`Self::check_chunk`] sessions; rows missing from
     /// the answer were deleted. Each row's `sess` is read here, as the
-    /// handshake reads it, so the app's database only looks rows up. Guest locks are not read here (each would
-    /// be another parse of every row's `sess`): ask [`Self::locked_guests`]
-    /// for the users whose sessions the rules keep.
+    /// handshake reads it, so the app's database only looks rows up. Guest
+    /// locks are not read here (each would be another parse of every row's
+    /// `sess`): ask [`Self::locked_guests`] for the users whose sessions the
+    /// rules keep.
     pub async fn check_many(&self, sids: &[String]) -> Result<Vec<SessionCheck>, StoreError> {
         if sids.is_empty() {
             return Ok(Vec::new());
