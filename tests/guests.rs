@@ -497,6 +497,44 @@ async fn two_nodes(adapter: &[(&str, &str)]) {
     b.stop().await;
 }
 
+/// The socket adapter's three connections (the LISTEN and two for its
+/// notifications) are opened at start, before any lock needs one, and
+/// stay open: a lock never waits for a connect (README › Guest lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_adapter_opens_its_connections_at_start() {
+    let Some(env) =
+        TestEnv::start_with(Backend::PG, |c| c.adapter = sockgate::AdapterKind::Postgres).await
+    else {
+        return;
+    };
+    let adapter_connections = || async {
+        let row = env
+            .conn()
+            .query_one_raw(sea_orm::Statement::from_string(
+                env.conn().get_database_backend(),
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE application_name = 'sockgate-adapter' AND datname = current_database()",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut open = adapter_connections().await;
+    while open < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        open = adapter_connections().await;
+    }
+    assert_eq!(
+        open, 3,
+        "adapter connections open, with nothing asked of it"
+    );
+    // Idle for longer than any check of sqlx's, they are still there.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(adapter_connections().await, 3, "kept open");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_on_one_node_reaches_the_other_through_the_postgres_adapter() {
     two_nodes(&[("ADAPTER", "postgres")]).await;

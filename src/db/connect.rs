@@ -127,8 +127,8 @@ pub fn pool_stats(db: &DatabaseConnection) -> (u32, usize) {
     }
 }
 
-/// A small pool of its own for the Socket.IO PostgreSQL adapter (NOTIFY
-/// and attachments; its LISTEN connection is separate), so cluster traffic
+/// A small pool of its own for the Socket.IO PostgreSQL adapter (its LISTEN
+/// holds one connection, NOTIFY and attachments use the rest), so cluster traffic
 /// never waits behind handshakes for a connection, nor they behind it.
 pub fn adapter_pool(config: &Config) -> Result<sqlx::PgPool, DbError> {
     let options = PgConnectOptions::from_str(&config.database_url)
@@ -140,23 +140,22 @@ pub fn adapter_pool(config: &Config) -> Result<sqlx::PgPool, DbError> {
     //
     // All of them stay open: a guest lock sends three notifications back
     // to back, and sqlx checks each connection it takes back before it is
-    // idle again, so the second takes another connection. Opened only when
+    // idle again, so the second takes the other free connection. Opened only when
     // first needed (or again after the idle timeout), that one costs the
     // lock a connect, TLS and `SET search_path` (about 90 ms measured here).
+    //
+    // sqlx fills `min_connections` at start, in the background, only when
+    // neither an idle timeout nor a lifetime is set (with either, it opens
+    // them only after it has closed one). Its fill opens one connection at
+    // a time and holds no other slot while it waits, so the subscription's
+    // connection and a first notification are never queued behind it, and
+    // a database that is down at start does not stop the server starting.
+    // A connection that breaks is dropped and replaced by the same fill.
     let pool = in_own_schema(config, ADAPTER_CONNECTIONS)
         .min_connections(ADAPTER_CONNECTIONS)
+        .idle_timeout(None)
+        .max_lifetime(None)
         .connect_lazy_with(options);
-    // sqlx opens `min_connections` only after it has closed an idle one;
-    // the first ones are opened here, in the background, so that a
-    // database that is down at start does not stop the server starting.
-    let warm = pool.clone();
-    tokio::spawn(async move {
-        let conns =
-            futures_util::future::join_all((0..ADAPTER_CONNECTIONS).map(|_| warm.acquire())).await;
-        if let Some(Err(e)) = conns.iter().find(|c| c.is_err()) {
-            tracing::debug!(error = %e, "socket adapter: connections not opened ahead; opened when first needed");
-        }
-    });
     Ok(pool)
 }
 
