@@ -22,7 +22,7 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     });
     let app = axum::Router::new()
         .layer(layer)
-        .layer(axum::middleware::from_fn(sockgate::socket::compact));
+        .layer(sockgate::socket::CompactLayer);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(
         listener,

@@ -6,13 +6,15 @@
 //! per-IP handshake rate. Which origins pass and how fast is `origin`'s and
 //! `limits`'s to say; this layer only enforces them.
 
+use std::future::Ready;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::audit::event::{Client, Event};
@@ -45,9 +47,63 @@ fn needs_check(req: &Request) -> bool {
         || !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !needs_check(&req) {
-        return next.run(req).await;
+/// The guard over the routes and the Socket.IO layer. A plain service, not
+/// `axum::middleware::from_fn`: a long-poll GET is held open for up to the
+/// ping interval, and everything its future holds is held per socket. This
+/// one decides before calling in and then is the inner future itself: no
+/// box, no copy of the state or of the service stack below, per request.
+#[derive(Clone)]
+pub struct GuardLayer {
+    state: AppState,
+}
+
+impl GuardLayer {
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> tower::Service<Request> for Guard<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match refusal(&self.state, &req) {
+            Some(refused) => Either::Left(std::future::ready(Ok(refused))),
+            None => Either::Right(self.inner.call(req)),
+        }
+    }
+}
+
+/// The answer to a request the guard stops, recorded; `None` lets it in.
+fn refusal(state: &AppState, req: &Request) -> Option<Response> {
+    if !needs_check(req) {
+        return None;
     }
     match state.allowlist.check_headers(req.headers()) {
         Verdict::Allowed | Verdict::NoOrigin => {
@@ -55,15 +111,15 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
                 && crate::limits::is_handshake(req.uri().query())
                 && !state
                     .handshakes
-                    .allow(client_addr(&req).unwrap_or(crate::limits::UNKNOWN_CLIENT))
+                    .allow(client_addr(req).unwrap_or(crate::limits::UNKNOWN_CLIENT))
             {
-                return too_many_handshakes(&state, &req);
+                return Some(too_many_handshakes(state, req));
             }
-            next.run(req).await
+            None
         }
         Verdict::Rejected(rejection) => {
-            record_violation(&state, &req, &rejection);
-            (StatusCode::FORBIDDEN, crate::messages::ORIGIN_NOT_ALLOWED).into_response()
+            record_violation(state, req, &rejection);
+            Some((StatusCode::FORBIDDEN, crate::messages::ORIGIN_NOT_ALLOWED).into_response())
         }
     }
 }

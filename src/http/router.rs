@@ -76,12 +76,9 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
     tracing::info!(adapter = ?kind, "Socket.IO adapter");
     let metrics = state.metrics.clone();
     Ok(routes
-        .layer(axum::middleware::from_fn(handshake_request::compact))
+        .layer(handshake_request::CompactLayer)
         .layer(crate::http::origin_guard::cors(state.allowlist.clone()))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::http::origin_guard::guard,
-        ))
+        .layer(crate::http::origin_guard::GuardLayer::new(state.clone()))
         .layer(catch_panics(metrics))
         .with_state(state))
 }
