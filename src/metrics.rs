@@ -46,6 +46,8 @@ pub struct MetricSet {
     pub audit_buffer_depth: Gauge,
     pub audit_dropped: Gauge,
     pub audit_written: Gauge,
+    pub session_lookups: Gauge,
+    pub session_lookup_statements: Gauge,
     pub db_pool_open: Gauge,
     pub db_pool_idle: Gauge,
     pub db_pool_max: Gauge,
@@ -85,6 +87,8 @@ impl Metrics {
             audit_buffer_depth: Gauge::default(),
             audit_dropped: Gauge::default(),
             audit_written: Gauge::default(),
+            session_lookups: Gauge::default(),
+            session_lookup_statements: Gauge::default(),
             db_pool_open: Gauge::default(),
             db_pool_idle: Gauge::default(),
             db_pool_max: Gauge::default(),
@@ -168,6 +172,16 @@ impl Metrics {
             "audit_written",
             "Audit events written",
             m.audit_written.clone(),
+        );
+        r.register(
+            "session_lookups",
+            "Session lookups made for handshakes",
+            m.session_lookups.clone(),
+        );
+        r.register(
+            "session_lookup_statements",
+            "Statements that answered the session lookups (lookups that arrive together share one)",
+            m.session_lookup_statements.clone(),
         );
         r.register(
             "audit_suppressed",

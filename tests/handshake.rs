@@ -111,6 +111,15 @@ on_every_backend!(
                 None => c.expect_refused("Session expired").await,
             }
         }
+        // Every one of the 31 was looked up (its signature held), in at
+        // most as many statements; /metrics says how many were shared.
+        let lookups = common::wire::metric(&url, "sockgate_session_lookups").await;
+        let statements = common::wire::metric(&url, "sockgate_session_lookup_statements").await;
+        assert_eq!(lookups, 31.0);
+        assert!(
+            (1.0..=lookups).contains(&statements),
+            "{statements} statements for {lookups} lookups"
+        );
     }
 );
 

@@ -120,6 +120,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .set(state.events.audit().depth() as i64);
     m.audit_dropped.set(state.events.audit().dropped() as i64);
     m.audit_written.set(state.events.audit().written() as i64);
+    let (lookups, statements) = state.auth.store.lookup_counts();
+    m.session_lookups
+        .set(i64::try_from(lookups).unwrap_or(i64::MAX));
+    m.session_lookup_statements
+        .set(i64::try_from(statements).unwrap_or(i64::MAX));
     let (open, idle) = crate::db::connect::pool_stats(&state.db);
     m.db_pool_open.set(i64::from(open));
     m.db_pool_idle.set(i64::try_from(idle).unwrap_or(i64::MAX));

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -31,6 +32,10 @@ type Reply<R, E> = oneshot::Sender<Result<Option<R>, E>>;
 
 pub struct Lookups<R, E> {
     state: Mutex<State<R, E>>,
+    /// Lookups sent to the store, and the statements that carried them:
+    /// how much is shared, for `/metrics`.
+    looked_up: AtomicU64,
+    statements: AtomicU64,
 }
 
 struct State<R, E> {
@@ -45,6 +50,8 @@ impl<R, E> Default for Lookups<R, E> {
                 waiting: Vec::new(),
                 in_flight: 0,
             }),
+            looked_up: AtomicU64::new(0),
+            statements: AtomicU64::new(0),
         }
     }
 }
@@ -62,6 +69,16 @@ impl<R, E> State<R, E> {
             Vec::new()
         };
         Some(std::mem::replace(&mut self.waiting, newer))
+    }
+}
+
+impl<R, E> Lookups<R, E> {
+    /// Lookups sent so far, and the statements that answered them.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.looked_up.load(Ordering::Relaxed),
+            self.statements.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -108,6 +125,9 @@ impl<R: Keyed, E: Clone + Send + 'static> Lookups<R, E> {
             let mut keys: Vec<String> = batch.iter().map(|(key, _)| key.clone()).collect();
             keys.sort_unstable();
             keys.dedup();
+            self.looked_up
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.statements.fetch_add(1, Ordering::Relaxed);
             match fetch(source.clone(), keys).await {
                 Ok(rows) => {
                     let rows: HashMap<&str, &R> = rows.iter().map(|row| (row.key(), row)).collect();
@@ -217,6 +237,7 @@ mod tests {
         }
         // The first went alone; the 39 that came while it was out, together.
         assert_eq!(statements.load(Ordering::SeqCst), 2);
+        assert_eq!(lookups.counts(), (40, 2), "what /metrics reports");
     }
 
     #[tokio::test]

@@ -97,6 +97,12 @@ impl SessionStore {
         &self.zone
     }
 
+    /// Handshake lookups sent so far, and the statements that answered
+    /// them (lookups that arrive together share one).
+    pub fn lookup_counts(&self) -> (u64, u64) {
+        self.lookups.counts()
+    }
+
     /// The session row for `sid`, expired or not; the caller judges expiry
     /// with `session::rules::is_live`, which is connect-pg-simple's rule.
     /// One round trip, shared with the handshakes looked up beside it
