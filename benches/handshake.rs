@@ -2,7 +2,8 @@
 //! the library's ceiling (the same stack with authentication off):
 //! handshakes per second, p50/p99 latency, server CPU per handshake (the
 //! server process's own accounting), database transactions per handshake
-//! (pg_stat_database), resident memory per idle websocket socket at 10,000
+//! (pg_stat_database), handshakes per session lookup statement (`hs/stmt`,
+//! sockgate's /metrics: how much concurrent handshakes share), resident memory per idle websocket socket at 10,000
 //! and per held long-polling socket at 2,000.
 //!
 //!     cargo bench --bench handshake
@@ -39,6 +40,8 @@ struct Run {
     server_cpu: Duration,
     client_cpu: Duration,
     db_xacts: Option<f64>,
+    /// Handshakes per session lookup statement (sockgate's /metrics).
+    per_statement: Option<f64>,
     failed: usize,
 }
 
@@ -66,6 +69,7 @@ impl Run {
             "server_cpu_ms_per_handshake": self.server_cpu_ms(),
             "client_cpu_ms_per_handshake": self.client_cpu_ms(),
             "db_transactions_per_handshake": self.db_xacts,
+            "lookups_per_statement": self.per_statement,
         })
     }
 }
@@ -99,6 +103,17 @@ async fn run(
         .unwrap();
     let xacts_before = match db {
         Some(db) => Some(db_transactions(db).await),
+        None => None,
+    };
+    let lookups = async || {
+        let m = server.metrics().await;
+        (
+            m.get("sockgate_session_lookups"),
+            m.get("sockgate_session_lookup_statements"),
+        )
+    };
+    let lookups_before = match db {
+        Some(_) => Some(lookups().await),
         None => None,
     };
     let sem = std::sync::Arc::new(Semaphore::new(concurrency));
@@ -151,6 +166,13 @@ async fn run(
         (Some(db), Some(before)) => Some((db_transactions(db).await - before) / handshakes as f64),
         _ => None,
     };
+    let per_statement = match lookups_before {
+        Some((looked_up, statements)) => {
+            let (l, st) = lookups().await;
+            Some((l - looked_up) / (st - statements).max(1.0))
+        }
+        None => None,
+    };
     for h in held {
         match h {
             Held::Ws(ws) => drop(ws),
@@ -164,6 +186,7 @@ async fn run(
         server_cpu,
         client_cpu,
         db_xacts,
+        per_statement,
         failed,
     }
 }
@@ -307,7 +330,7 @@ async fn main() {
             "{n} handshakes per run at concurrency {concurrency}, PostgreSQL, 2 cores shared by server, client and database"
         );
         println!(
-            "{:<10} {:<9} {:>10} {:>8} {:>8} {:>13} {:>13} {:>9}",
+            "{:<10} {:<9} {:>10} {:>8} {:>8} {:>13} {:>13} {:>9} {:>10}",
             "transport",
             "server",
             "per sec",
@@ -315,7 +338,8 @@ async fn main() {
             "p99 ms",
             "srv CPU ms/hs",
             "cli CPU ms/hs",
-            "DB tx/hs"
+            "DB tx/hs",
+            "hs/stmt"
         );
         for transport in [Transport::Websocket, Transport::Polling] {
             let sockgate = Server::start(&db.url, &[]).await;
@@ -327,7 +351,7 @@ async fn main() {
             let bare = run(&ceiling, transport, &cookies[..n], concurrency, None).await;
             for (name, r) in [("sockgate", &auth), ("ceiling", &bare)] {
                 println!(
-                    "{:<10} {:<9} {:>10.0} {:>8.2} {:>8.2} {:>13.3} {:>13.3} {:>9}",
+                    "{:<10} {:<9} {:>10.0} {:>8.2} {:>8.2} {:>13.3} {:>13.3} {:>9} {:>10}",
                     format!("{transport:?}").to_lowercase(),
                     name,
                     r.rate(),
@@ -335,21 +359,23 @@ async fn main() {
                     r.pct(0.99),
                     r.server_cpu_ms(),
                     r.client_cpu_ms(),
-                    r.db_xacts.map_or("-".into(), |x| format!("{x:.3}"))
+                    r.db_xacts.map_or("-".into(), |x| format!("{x:.3}")),
+                    r.per_statement.map_or("-".into(), |x| format!("{x:.1}"))
                 );
             }
             let ratios = serde_json::json!({
                 "rate": auth.rate() / bare.rate(),
                 "server_cpu": auth.server_cpu_ms() / bare.server_cpu_ms(),
                 "p50": auth.pct(0.5) / bare.pct(0.5),
+                "p99": auth.pct(0.99) / bare.pct(0.99),
             });
             println!(
-                "{:<10} {:<9} {:>10.2} {:>8.2} {:>8} {:>13.2}   (sockgate / ceiling)",
+                "{:<10} {:<9} {:>10.2} {:>8.2} {:>8.2} {:>13.2}   (sockgate / ceiling)",
                 "",
                 "ratio",
                 ratios["rate"].as_f64().unwrap(),
                 ratios["p50"].as_f64().unwrap(),
-                "",
+                ratios["p99"].as_f64().unwrap(),
                 ratios["server_cpu"].as_f64().unwrap()
             );
             report.insert(
