@@ -96,7 +96,9 @@ impl<A: Adapter> Fleet for Cluster<A> {
                 Scope::Local => None,
                 Scope::Cluster => {
                     let (fetch, sent) = fence::watch(to().fetch_sockets());
-                    let fetch = tokio::spawn(fetch);
+                    // Ended with this future: an adapter failure below
+                    // returns early, and nothing would wait for the count.
+                    let fetch = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(fetch));
                     let _ = sent.await;
                     Some(fetch)
                 }
