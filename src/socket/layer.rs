@@ -150,9 +150,16 @@ async fn authenticate<A: Adapter>(
     State(state): State<AppState>,
     TryData(auth): TryData<Json>,
 ) -> Result<(), Refused> {
-    let refused = |message: String| Refused {
-        message,
-        close: Some((io.config().engine_config.session_closer.clone(), s.id)),
+    let refused = |message: String| {
+        let closer = io.config().engine_config.session_closer.clone();
+        // Before socketioxide queues the refusal: a client that reads it at
+        // once must not get a second CONNECT in on this session before the
+        // error is dropped and the close starts.
+        closer.stop_input(s.id);
+        Refused {
+            message,
+            close: Some((closer, s.id)),
+        }
     };
     // A non-JSON or missing auth payload is simply no auth payload.
     let auth = auth.ok();

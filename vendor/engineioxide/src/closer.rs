@@ -17,13 +17,28 @@ use crate::{DisconnectReason, engine::EngineIo, handler::EngineIoHandler};
 trait CloseSession: Send + Sync {
     /// Closes `sid` if this engine holds it.
     fn close_session_if_held(self: Arc<Self>, sid: Sid, reason: DisconnectReason) -> bool;
+    /// Drops what the client sends on `sid` from now on, if this engine
+    /// holds it.
+    fn stop_input_if_held(&self, sid: Sid) -> bool;
 }
 
 impl<H: EngineIoHandler> CloseSession for EngineIo<H> {
+    fn stop_input_if_held(&self, sid: Sid) -> bool {
+        let Some(socket) = self.get_socket(sid) else {
+            return false;
+        };
+        socket.closing.store(true, Ordering::Release);
+        true
+    }
+
     fn close_session_if_held(self: Arc<Self>, sid: Sid, reason: DisconnectReason) -> bool {
         let Some(socket) = self.get_socket(sid) else {
             return false;
         };
+        socket.closing.store(true, Ordering::Release);
+        if socket.close_started.swap(true, Ordering::AcqRel) {
+            return true;
+        }
         if !socket.is_http() {
             // A websocket writes what is queued, then the close packet,
             // before it closes (see the connection loop).
@@ -37,9 +52,6 @@ impl<H: EngineIoHandler> CloseSession for EngineIo<H> {
         // let a GET take what is queued, then queue the close packet for the
         // next GET, and remove the session once that is taken (or after
         // `ping_timeout`, the time a live client has to poll).
-        if socket.closing.swap(true, Ordering::AcqRel) {
-            return true;
-        }
         let timeout = self.config.ping_timeout;
         tokio::spawn(async move {
             let _ = tokio::time::timeout(timeout, async {
@@ -87,6 +99,24 @@ impl SessionCloser {
         let mut engines = self.engines.lock().unwrap();
         engines.retain(|e| e.strong_count() > 0);
         engines.push(weak);
+    }
+
+    /// From now on, what the client sends on `sid` is dropped unread (on
+    /// either transport); what is queued for it still goes out. For a
+    /// refusal about to be queued: the client may act on it at once, and
+    /// must not be able to retry on the same session before
+    /// [`Self::close`] runs. Returns whether an engine held it.
+    pub fn stop_input(&self, sid: Sid) -> bool {
+        let engines: Vec<Arc<dyn CloseSession>> = self
+            .engines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        engines
+            .into_iter()
+            .any(|engine| engine.stop_input_if_held(sid))
     }
 
     /// Ends the engine.io session `sid`: what is queued still reaches the

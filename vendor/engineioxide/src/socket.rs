@@ -238,6 +238,12 @@ where
     /// is dropped.
     pub(crate) closing: AtomicBool,
 
+    /// sockgate patch: the close packet and the session's removal have been
+    /// set going ([`crate::closer::SessionCloser::close`]). Apart from
+    /// `closing`, which [`crate::closer::SessionCloser::stop_input`] sets
+    /// earlier.
+    pub(crate) close_started: AtomicBool,
+
     /// Channel to send [`PacketBuf`] to the connection
     ///
     /// It is used and managed by the [`EngineIo`](crate::engine) struct depending on the transport type
@@ -301,6 +307,7 @@ where
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            close_started: AtomicBool::new(false),
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
@@ -644,6 +651,7 @@ where
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            close_started: AtomicBool::new(false),
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,

@@ -437,6 +437,11 @@ fn on_message<H: EngineIoHandler>(
                 }
                 Step::Continue
             }
+            // sockgate patch: a session being closed takes nothing more
+            // from the client (a refused CONNECT is not retried on it).
+            Ok(Packet::Message(_)) if socket.closing.load(std::sync::atomic::Ordering::Acquire) => {
+                Step::Continue
+            }
             Ok(Packet::Message(msg)) => {
                 engine.handler.on_message(msg, socket.clone());
                 Step::Continue
@@ -444,6 +449,9 @@ fn on_message<H: EngineIoHandler>(
             Ok(p) => Step::Exit(Some(Err(Error::BadPacket(p)))),
             Err(e) => Step::Exit(Some(Err(e.into()))),
         },
+        Message::Binary(_) if socket.closing.load(std::sync::atomic::Ordering::Acquire) => {
+            Step::Continue
+        }
         Message::Binary(mut data) => {
             if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
                 // The first byte is the message type, which we don't need.
