@@ -326,9 +326,6 @@ fn sqlite_expire(expire_secs: i64) -> NaiveDateTime {
         .naive_utc()
 }
 
-/// `expire` as the instant the Node app means (`$zone` is the parameter
-/// with the zone), clamped to a range every driver decodes: `infinity` is
-/// a legal timestamp and would fail the row's decoding.
 /// `values` as one PostgreSQL `text[]` parameter.
 fn pg_text_array<'a>(values: impl Iterator<Item = &'a str>) -> Value {
     Value::Array(
@@ -337,6 +334,9 @@ fn pg_text_array<'a>(values: impl Iterator<Item = &'a str>) -> Value {
     )
 }
 
+/// `expire` as the instant the Node app means (`$zone` is the parameter
+/// with the zone), clamped to a range every driver decodes: `infinity` is
+/// a legal timestamp and would fail the row's decoding.
 fn pg_expire_at(zone_param: &str) -> String {
     format!(
         "(LEAST(GREATEST(expire, '1970-01-01'::timestamp), '9999-12-31'::timestamp) AT TIME ZONE {zone_param}) AS expire_at"
