@@ -107,14 +107,7 @@ impl SessionCloser {
     /// must not be able to retry on the same session before
     /// [`Self::close`] runs. Returns whether an engine held it.
     pub fn stop_input(&self, sid: Sid) -> bool {
-        let engines: Vec<Arc<dyn CloseSession>> = self
-            .engines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        engines
+        self.engines()
             .into_iter()
             .any(|engine| engine.stop_input_if_held(sid))
     }
@@ -123,15 +116,18 @@ impl SessionCloser {
     /// client, then a close packet (on long-polling, with the client's next
     /// GET). Returns whether an engine held it.
     pub fn close(&self, sid: Sid, reason: DisconnectReason) -> bool {
-        let engines: Vec<Arc<dyn CloseSession>> = self
-            .engines
+        self.engines()
+            .into_iter()
+            .any(|engine| engine.close_session_if_held(sid, reason.clone()))
+    }
+
+    /// The engines still alive, taken out of the lock before any is asked.
+    fn engines(&self) -> Vec<Arc<dyn CloseSession>> {
+        self.engines
             .lock()
             .unwrap()
             .iter()
             .filter_map(Weak::upgrade)
-            .collect();
-        engines
-            .into_iter()
-            .any(|engine| engine.close_session_if_held(sid, reason.clone()))
+            .collect()
     }
 }
