@@ -3,8 +3,9 @@
 //! handshakes per second, p50/p99 latency, server CPU per handshake (the
 //! server process's own accounting), database transactions per handshake
 //! (pg_stat_database), handshakes per session lookup statement (`hs/stmt`,
-//! sockgate's /metrics: how much concurrent handshakes share), resident memory per idle websocket socket at 10,000
-//! and per held long-polling socket at 2,000.
+//! sockgate's /metrics: how much concurrent handshakes share), resident
+//! memory per idle websocket socket at 10,000 and per held long-polling
+//! socket at 2,000.
 //!
 //!     cargo bench --bench handshake
 //!
