@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
-# vendor/engineioxide as a patch series over the published crate.
+# The vendored crates as patch series over the published crates.
 #
-# vendor/engineioxide is engineioxide 0.17.9 as published on crates.io with
-# the numbered patches of vendor/engineioxide-patches/ applied in order
-# (vendor/engineioxide/PATCHES.md says what each one does and which depend on
+# vendor/<crate> is <crate> as published on crates.io, at the version below,
+# with the numbered patches of vendor/<crate>-patches/ applied in order
+# (vendor/<crate>/PATCHES.md says what each one does and which depend on
 # which). PATCHES.md itself is the series' documentation, not the output of a
-# patch: it is the one file of vendor/engineioxide that the series does not
+# patch: it is the one file of vendor/<crate> that the series does not
 # produce.
 #
-# Usage: scripts/engineioxide-patches.sh <command>
+# Usage: scripts/vendor-patches.sh <crate> <command>
+#   crate          engineioxide or hyper
 #   check          apply the series to the published crate in a temporary
-#                  directory and compare the result with vendor/engineioxide;
+#                  directory and compare the result with vendor/<crate>;
 #                  exits non-zero, showing the difference, when they differ
-#   rebuild        regenerate vendor/engineioxide from the published crate and
+#   rebuild        regenerate vendor/<crate> from the published crate and
 #                  the series (PATCHES.md is kept)
 #   unpack DIR     make DIR a git repository holding the published crate as its
 #                  first commit and one commit per patch, for editing the series
 #                  with git (amend, rebase -i, add a commit for a new patch)
 #   refresh DIR    write the series back from DIR's commits after the first
 #                  (one patch per commit, named by its "Patch:" trailer or else
-#                  by its subject), then rebuild vendor/engineioxide and check
+#                  by its subject), then rebuild vendor/<crate> and check
 #
 # The published crate comes from Cargo's download cache when it holds it, else
 # from static.crates.io, and is verified against the checksum of the crates.io
@@ -28,19 +29,38 @@
 # and diff.
 set -euo pipefail
 
-CRATE=engineioxide
-VERSION=0.17.9
-# "cksum" of engineioxide 0.17.9 in https://index.crates.io/en/gi/engineioxide
-SHA256=0615980857185ecc33fed6ec417ec64fe3e427bf1de0471bb3594132f453bdbe
+CRATE="${1:-}"
+# Each crate's version, and its "cksum" in the crates.io index
+# (https://index.crates.io/<prefix>/<crate>), which Cargo.lock records too.
+case "$CRATE" in
+  engineioxide)
+    VERSION=0.17.9
+    SHA256=0615980857185ecc33fed6ec417ec64fe3e427bf1de0471bb3594132f453bdbe
+    ;;
+  hyper)
+    VERSION=1.12.0
+    SHA256=2c3e324da4c95177d6291d4c8730197c0d1822f8a9766814a4a44fa5ab797c9c
+    ;;
+  -h | --help | help | "")
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    [ -n "$CRATE" ] || exit 2
+    exit 0
+    ;;
+  *)
+    printf 'vendor-patches: unknown crate %s (engineioxide or hyper)\n' "$CRATE" >&2
+    exit 2
+    ;;
+esac
+shift
 URL="https://static.crates.io/crates/$CRATE/$CRATE-$VERSION.crate"
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-VENDOR="$ROOT/vendor/engineioxide"
-SERIES="$ROOT/vendor/engineioxide-patches"
-# Files of vendor/engineioxide that the series does not produce.
+VENDOR="$ROOT/vendor/$CRATE"
+SERIES="$ROOT/vendor/$CRATE-patches"
+# Files of vendor/<crate> that the series does not produce.
 NOT_PATCHED=(PATCHES.md)
 
-say() { printf 'engineioxide-patches: %s\n' "$*" >&2; }
+say() { printf '%s-patches: %s\n' "$CRATE" "$*" >&2; }
 die() {
   say "error: $*"
   exit 1
@@ -53,7 +73,7 @@ usage() {
 work=""
 cleanup() { if [ -n "$work" ]; then rm -rf "$work"; fi; }
 trap cleanup EXIT
-make_work() { work="$(mktemp -d "${TMPDIR:-/tmp}/engineioxide-patches.XXXXXX")"; }
+make_work() { work="$(mktemp -d "${TMPDIR:-/tmp}/$CRATE-patches.XXXXXX")"; }
 
 sha256_of() {
   if command -v sha256sum >/dev/null 2>&1; then
@@ -105,7 +125,7 @@ apply_series() {
     # encloses $TMPDIR), git apply works on the files like patch -p1.
     if ! (cd "$work/patched" && GIT_CEILING_DIRECTORIES="$work" git apply --whitespace=nowarn "$p") 2>"$work/apply.err"; then
       cat "$work/apply.err" >&2
-      die "${p#"$ROOT"/} does not apply (patches are applied in name order to engineioxide $VERSION as published)"
+      die "${p#"$ROOT"/} does not apply (patches are applied in name order to $CRATE $VERSION as published)"
     fi
   done < <(patches)
 }
@@ -128,7 +148,7 @@ cmd_check() {
   local p missing=0
   while IFS= read -r p; do
     if ! grep -qF "$(basename "$p")" "$VENDOR/PATCHES.md"; then
-      say "$(basename "$p") is not listed in vendor/engineioxide/PATCHES.md"
+      say "$(basename "$p") is not listed in vendor/$CRATE/PATCHES.md"
       missing=1
     fi
   done < <(patches)
@@ -136,12 +156,12 @@ cmd_check() {
   mapfile -t excludes < <(diff_excludes)
   if ! (cd "$work" && diff -ruN "${excludes[@]}" patched "$VENDOR") >"$work/diff.txt"; then
     cat "$work/diff.txt"
-    say "vendor/engineioxide differs from engineioxide $VERSION + vendor/engineioxide-patches (diff above: '-' is what the series gives, '+' what is in vendor/engineioxide)."
-    say "Record a change to vendor/engineioxide in the series: $0 unpack DIR, edit the commits there, then $0 refresh DIR."
+    say "vendor/$CRATE differs from $CRATE $VERSION + vendor/$CRATE-patches (diff above: '-' is what the series gives, '+' what is in vendor/$CRATE)."
+    say "Record a change to vendor/$CRATE in the series: $0 $CRATE unpack DIR, edit the commits there, then $0 $CRATE refresh DIR."
     exit 1
   fi
-  [ "$missing" = 0 ] || die "list every patch in vendor/engineioxide/PATCHES.md"
-  say "ok: vendor/engineioxide = engineioxide $VERSION + $(patches | wc -l | tr -d ' ') patches"
+  [ "$missing" = 0 ] || die "list every patch in vendor/$CRATE/PATCHES.md"
+  say "ok: vendor/$CRATE = $CRATE $VERSION + $(patches | wc -l | tr -d ' ') patches"
 }
 
 cmd_rebuild() {
@@ -156,19 +176,19 @@ cmd_rebuild() {
   rm -rf "$VENDOR"
   cp -a "$work/patched" "$VENDOR"
   cp -a "$work/keep/." "$VENDOR/"
-  say "rebuilt ${VENDOR#"$ROOT"/} from engineioxide $VERSION + $(patches | wc -l | tr -d ' ') patches"
+  say "rebuilt ${VENDOR#"$ROOT"/} from $CRATE $VERSION + $(patches | wc -l | tr -d ' ') patches"
 }
 
 # A git invocation for the unpacked repository, independent of the user's
 # configuration (hooks, signing, diff drivers, colours).
 ugit() {
   git -C "$dir" -c core.hooksPath=/dev/null -c commit.gpgSign=false -c color.ui=false \
-    -c user.name="engineioxide-patches" -c user.email="engineioxide-patches@localhost" "$@"
+    -c user.name="$CRATE-patches" -c user.email="$CRATE-patches@localhost" "$@"
 }
 
 cmd_unpack() {
   dir="${1:-}"
-  [ -n "$dir" ] || die "usage: $0 unpack DIR"
+  [ -n "$dir" ] || die "usage: $0 $CRATE unpack DIR"
   [ ! -e "$dir" ] || die "$dir already exists"
   make_work
   fetch_pristine
@@ -187,15 +207,15 @@ cmd_unpack() {
     ugit commit -q --allow-empty -F "$work/msg"
   done < <(patches)
   say "unpacked into $dir: tag 'pristine' is the published crate, one commit per patch after it."
-  say "Edit the commits (git commit --amend, git rebase -i pristine), then: $0 refresh $dir"
+  say "Edit the commits (git commit --amend, git rebase -i pristine), then: $0 $CRATE refresh $dir"
 }
 
 cmd_refresh() {
   dir="${1:-}"
-  [ -n "$dir" ] || die "usage: $0 refresh DIR (a directory made by '$0 unpack DIR')"
+  [ -n "$dir" ] || die "usage: $0 $CRATE refresh DIR (a directory made by '$0 $CRATE unpack DIR')"
   [ -d "$dir" ] || die "no directory $dir"
   dir="$(cd "$dir" && pwd)"
-  ugit rev-parse -q --verify pristine >/dev/null || die "$dir has no tag 'pristine' (make it with '$0 unpack $dir')"
+  ugit rev-parse -q --verify pristine >/dev/null || die "$dir has no tag 'pristine' (make it with '$0 $CRATE unpack $dir')"
   [ -z "$(ugit status --porcelain)" ] || die "$dir has uncommitted changes; commit them first"
   make_work
   mkdir -p "$work/series"
