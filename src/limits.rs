@@ -229,6 +229,10 @@ impl<S> Counted<S> {
             _permit: permit,
         }
     }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {

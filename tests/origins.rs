@@ -149,6 +149,53 @@ on_both_backends!(
     }
 );
 
+/// A GET over HTTP/2 with prior knowledge (h2c): status, headers, body.
+async fn h2_get(env: &TestEnv, path: &str, origin: Option<&str>) -> (u16, http::HeaderMap, String) {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<bytes::Bytes>>();
+    let mut req = http::Request::get(format!("{}{path}", env.url()));
+    if let Some(o) = origin {
+        req = req.header("origin", o);
+    }
+    let resp = client
+        .request(req.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+on_both_backends!(
+    http2_clients_meet_the_same_origin_guard,
+    allowlist,
+    |env: TestEnv| async move {
+        let (status, _, body) = h2_get(&env, "/healthz", None).await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        let polling = "/socket.io/?EIO=4&transport=polling";
+        let (status, _, body) = h2_get(&env, polling, Some("http://evil.test")).await;
+        assert_eq!((status, body.as_str()), (403, "Origin not allowed"));
+        let (status, headers, body) = h2_get(&env, polling, Some(ALLOWED)).await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("0{\"sid\":"), "{body}");
+        assert_eq!(headers.get("access-control-allow-origin").unwrap(), ALLOWED);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rows = env.audit_rows("socket.origin_rejected", 1).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rows[0].details.as_ref().unwrap()["origin"],
+            "http://evil.test"
+        );
+    }
+);
+
 on_both_backends!(
     missing_origin_is_allowed_by_default,
     allowlist,

@@ -5,13 +5,20 @@
 //! before engine.io does. Holds no rules: a route's work is its own module's,
 //! a socket's is `socket::layer`'s.
 
+use std::convert::Infallible;
+
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use socketioxide::adapter::{Emitter, LocalAdapter};
+use hyper::body::Incoming;
+use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
+use socketioxide::layer::SocketIoLayer;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneService;
 
 use crate::config::AdapterKind;
 use crate::socket::handshake_request;
@@ -20,9 +27,13 @@ use anyhow::Context;
 
 use crate::state::AppState;
 
+/// The whole application, as the listener serves it: one service, cloned
+/// per request.
+pub type App = BoxCloneService<http::Request<Incoming>, Response, Infallible>;
+
 /// The routes, the Socket.IO layer over the configured adapter, and the
 /// Origin guard in front of both.
-pub async fn router(state: AppState) -> anyhow::Result<Router> {
+pub async fn router(state: AppState) -> anyhow::Result<App> {
     let routes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -31,13 +42,14 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
             "/api/admin/guest/{guest_id}/disconnect",
             post(crate::http::admin::disconnect_guest),
         )
-        .merge(crate::http::web::routes(&state));
+        .merge(crate::http::web::routes(&state))
+        .with_state(state.clone());
     let kind = state.config.adapter()?;
-    let routes = match kind {
+    let app = match kind {
         AdapterKind::Local | AdapterKind::Auto => {
             let (layer, io) = socket::layer::<LocalAdapter>(&state, ());
             socket::register(&io);
-            routes.layer(layer)
+            stack(&state, layer, routes)
         }
         AdapterKind::Postgres => {
             let pool = crate::db::connect::adapter_pool(&state.config)?;
@@ -54,7 +66,7 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
             socket::register(&io)
                 .await
                 .context("starting the PostgreSQL adapter")?;
-            routes.layer(layer)
+            stack(&state, layer, routes)
         }
         AdapterKind::Redis => {
             use socketioxide_redis::drivers::redis::redis_client;
@@ -70,17 +82,29 @@ pub async fn router(state: AppState) -> anyhow::Result<Router> {
             socket::register(&io)
                 .await
                 .context("starting the Redis adapter")?;
-            routes.layer(layer)
+            stack(&state, layer, routes)
         }
     };
     tracing::info!(adapter = ?kind, "Socket.IO adapter");
-    let metrics = state.metrics.clone();
-    Ok(routes
-        .layer(handshake_request::CompactLayer)
-        .layer(crate::http::origin_guard::cors(state.allowlist.clone()))
+    Ok(app)
+}
+
+/// The layers in front of the routes, outermost first, wrapped once around
+/// the whole router. `Router::layer` would wrap each route in each layer
+/// instead, boxing every layer's future (and cloning every layer) per
+/// request: a held long-poll kept six boxes alive where it now keeps one.
+fn stack<A: Adapter>(state: &AppState, socket_io: SocketIoLayer<A>, routes: Router) -> App {
+    let app = ServiceBuilder::new()
+        .map_request(|req: http::Request<Incoming>| req.map(Body::new))
+        .map_response(IntoResponse::into_response)
+        .layer(catch_panics(state.metrics.clone()))
         .layer(crate::http::origin_guard::GuardLayer::new(state.clone()))
-        .layer(catch_panics(metrics))
-        .with_state(state))
+        .layer(crate::http::origin_guard::cors(state.allowlist.clone()))
+        .map_response(IntoResponse::into_response)
+        .layer(handshake_request::CompactLayer)
+        .layer(socket_io)
+        .service(routes);
+    BoxCloneService::new(app)
 }
 
 /// Outermost layer: a panic anywhere below is a 500, counted, and logged

@@ -2,35 +2,48 @@
 //! the request head (size and read time). `axum::serve` sets neither, so a
 //! client could hold a connection forever by sending one header byte at a
 //! time. Knows nothing of routes, sessions or Socket.IO: it serves whatever
-//! router it is handed.
+//! application it is handed.
+//!
+//! Each connection is one task, and a held long-poll keeps its task for as
+//! long as it waits: the task holds only the protocol the client speaks.
+//! hyper-util's `auto` connection, which serves both HTTP/1 and HTTP/2, is
+//! an enum as large as its HTTP/2 side; here the first bytes are peeked and
+//! an HTTP/1 connection (all of Socket.IO's traffic in practice) is served by
+//! hyper's HTTP/1 connection alone, HTTP/2 by its own, boxed.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::config::LimitsConfig;
+use crate::http::router::App;
 use crate::limits::{ConnectionCounter, Counted};
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits up to
 /// 5 s for open requests.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: App,
     limits: &LimitsConfig,
     on_refused: impl Fn(SocketAddr) + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let counter = ConnectionCounter::new(limits.max_connections_per_ip);
-    let (header_timeout, header_bytes) = (limits.header_read_timeout, limits.max_header_bytes);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let bounds = Bounds {
+        header_read_timeout: limits.header_read_timeout,
+        max_header_bytes: limits.max_header_bytes,
+    };
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -53,31 +66,120 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(remote));
-            let mut app = app.clone();
-            async move { app.call(req).await }
-        });
-        let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .max_buf_size(header_bytes);
-        http.http2()
-            .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
-        let conn = http
-            .serve_connection_with_upgrades(TokioIo::new(Counted::new(stream, permit)), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            // A client that goes away mid-request is no error of ours.
-            let _ = conn.await;
-        });
+        connections.spawn(connection(
+            Counted::new(stream, permit),
+            remote,
+            app.clone(),
+            bounds,
+            stop.clone(),
+        ));
     }
     drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    // Each connection finishes the request it is serving, then closes.
+    stop.cancel();
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
     Ok(())
+}
+
+#[derive(Clone, Copy)]
+struct Bounds {
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+/// One connection, from its first byte to its close (or the server's
+/// shutdown). A client that sends nothing is dropped after the header read
+/// timeout, as one that sends its head too slowly is.
+async fn connection(
+    stream: Counted<TcpStream>,
+    remote: SocketAddr,
+    app: App,
+    bounds: Bounds,
+    stop: CancellationToken,
+) {
+    let Ok(Ok(protocol)) =
+        tokio::time::timeout(bounds.header_read_timeout, sniff(stream.get_ref())).await
+    else {
+        return;
+    };
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(remote));
+        app.clone().call(req)
+    });
+    // A client that goes away mid-request is no error of ours: the
+    // connections' results are dropped.
+    match protocol {
+        Protocol::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(bounds.header_read_timeout)
+                .max_buf_size(bounds.max_header_bytes)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        }
+        Protocol::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_header_list_size(u32::try_from(bounds.max_header_bytes).unwrap_or(u32::MAX))
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = Box::pin(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// What HTTP/2 with prior knowledge (h2c) opens with.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol a connection's first bytes announce: HTTP/2 when they are
+/// its preface, HTTP/1 when they stray from it (hyper's HTTP/1 parser
+/// answers whatever else a client sends, nothing at all included), and
+/// `None` while they are the preface's start and more must be seen.
+fn protocol_of(first: &[u8]) -> Option<Protocol> {
+    let n = first.len().min(H2_PREFACE.len());
+    if first.is_empty() || first[..n] != H2_PREFACE[..n] {
+        Some(Protocol::Http1)
+    } else if n == H2_PREFACE.len() {
+        Some(Protocol::Http2)
+    } else {
+        None
+    }
+}
+
+/// Peeks at the connection's first bytes until they announce a protocol.
+/// Peeked, not read: hyper reads them again.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if let Some(protocol) = protocol_of(&buf[..n]) {
+            return Ok(protocol);
+        }
+        // The start of the preface, the rest still on its way: peek answers
+        // at once while bytes wait unread, so wait for more before asking
+        // again (the caller's timeout bounds it).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// A short answer to a connection over the per-IP limit, then the close.
@@ -92,4 +194,54 @@ async fn refuse(mut stream: TcpStream) {
         let _ = stream.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_preface_is_http2_and_a_request_line_http1() {
+        assert_eq!(protocol_of(H2_PREFACE), Some(Protocol::Http2));
+        assert_eq!(
+            protocol_of(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12\x04"),
+            Some(Protocol::Http2)
+        );
+        assert_eq!(
+            protocol_of(b"GET /socket.io/?EIO=4 HTTP/1.1\r\n"),
+            Some(Protocol::Http1)
+        );
+        // A closed connection: hyper's HTTP/1 side ends it quietly.
+        assert_eq!(protocol_of(b""), Some(Protocol::Http1));
+        assert_eq!(protocol_of(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(protocol_of(b"PRI * HTTP/1.1\r\n"), Some(Protocol::Http1));
+    }
+
+    proptest! {
+        /// Every strict start of the preface waits for more; whatever
+        /// strays from it is HTTP/1 at once.
+        #[test]
+        fn only_the_full_preface_is_http2(
+            cut in 1..H2_PREFACE.len(),
+            stray in any::<u8>(),
+            rest in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            prop_assert_eq!(protocol_of(&H2_PREFACE[..cut]), None);
+            let mut first = H2_PREFACE[..cut].to_vec();
+            prop_assume!(stray != H2_PREFACE[cut]);
+            first.push(stray);
+            first.extend_from_slice(&rest);
+            prop_assert_eq!(protocol_of(&first), Some(Protocol::Http1));
+        }
+
+        #[test]
+        fn the_preface_with_anything_after_is_http2(
+            rest in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let mut first = H2_PREFACE.to_vec();
+            first.extend_from_slice(&rest);
+            prop_assert_eq!(protocol_of(&first), Some(Protocol::Http2));
+        }
+    }
 }
