@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use socketioxide::adapter::{Adapter, Emitter, LocalAdapter};
 use socketioxide::layer::SocketIoLayer;
 use tower::ServiceBuilder;
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 
 use crate::config::AdapterKind;
 use crate::socket::handshake_request;
@@ -29,7 +29,7 @@ use crate::state::AppState;
 
 /// The whole application, as the listener serves it: one service, cloned
 /// per request.
-pub type App = BoxCloneService<http::Request<Incoming>, Response, Infallible>;
+pub type App = BoxCloneSyncService<http::Request<Incoming>, Response, Infallible>;
 
 /// The routes, the Socket.IO layer over the configured adapter, and the
 /// Origin guard in front of both.
@@ -104,7 +104,7 @@ fn stack<A: Adapter>(state: &AppState, socket_io: SocketIoLayer<A>, routes: Rout
         .layer(handshake_request::CompactLayer)
         .layer(socket_io)
         .service(routes);
-    BoxCloneService::new(app)
+    BoxCloneSyncService::new(app)
 }
 
 /// Outermost layer: a panic anywhere below is a 500, counted, and logged

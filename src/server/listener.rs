@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -42,6 +43,10 @@ pub async fn serve(
         header_read_timeout: limits.header_read_timeout,
         max_header_bytes: limits.max_header_bytes,
     };
+    // Shared by the connections and cloned per request: a clone of the
+    // stack (its layers' state, CORS's lists) kept per connection would cost
+    // every held long-poll 0.4 KiB.
+    let app = Arc::new(app);
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
@@ -69,7 +74,7 @@ pub async fn serve(
         connections.spawn(connection(
             Counted::new(stream, permit),
             remote,
-            app.clone(),
+            Arc::clone(&app),
             bounds,
             stop.clone(),
         ));
@@ -94,7 +99,7 @@ struct Bounds {
 async fn connection(
     stream: Counted<TcpStream>,
     remote: SocketAddr,
-    app: App,
+    app: Arc<App>,
     bounds: Bounds,
     stop: CancellationToken,
 ) {
@@ -105,7 +110,7 @@ async fn connection(
     };
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(remote));
-        app.clone().call(req)
+        App::clone(&app).call(req)
     });
     // A client that goes away mid-request is no error of ours: the
     // connections' results are dropped.
