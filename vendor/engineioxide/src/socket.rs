@@ -356,22 +356,32 @@ where
     ///
     /// Keep a handle to the job so that it can be aborted when the socket is closed
     pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
-        let cancellation_token = self.cancellation_token.clone();
-
-        tokio::spawn(
-            cancellation_token
-                .run_until_cancelled_owned(async move {
-                    if let Err(_e) = self.heartbeat_job(interval, timeout).await {
+        // sockgate patch: the job and the session's cancellation in one
+        // `select!`, not `CancellationToken::run_until_cancelled_owned`,
+        // whose nested async fns each keep their own copy of the job's
+        // future: the task was 1.4 KiB for a 0.3 KiB job, and a long-polling
+        // session keeps it for its whole life. Same semantics: nothing runs
+        // on a token already cancelled; afterwards the job's completion wins
+        // a tie.
+        tokio::spawn(async move {
+            if self.cancellation_token.is_cancelled() {
+                return;
+            }
+            let _aborted = tokio::select! {
+                biased;
+                res = self.heartbeat_job(interval, timeout) => {
+                    if let Err(_e) = res {
                         self.close(DisconnectReason::HeartbeatTimeout);
                         #[cfg(feature = "tracing")]
                         tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
                     }
-                })
-                .inspect(|_v| {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
-                }),
-        );
+                    false
+                }
+                () = self.cancellation_token.cancelled() => true,
+            };
+            #[cfg(feature = "tracing")]
+            tracing::debug!(aborted = _aborted, "heartbeat job completed");
+        });
     }
 
     /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
@@ -681,5 +691,73 @@ where
         });
 
         (sock, rx)
+    }
+}
+
+/// sockgate patch: the spawned heartbeat job (long-polling sessions) ends
+/// with its session, and still times out a silent client.
+#[cfg(all(test, feature = "__test_harness"))]
+mod heartbeat_job_tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    type Closed = Arc<StdMutex<Vec<DisconnectReason>>>;
+
+    fn socket() -> (Arc<Socket<()>>, tokio::sync::mpsc::Receiver<Packet>, Closed) {
+        let closed: Closed = Arc::default();
+        let record = closed.clone();
+        let (s, rx) = Socket::<()>::new_dummy_piped(
+            Sid::new(),
+            Box::new(move |_, reason| record.lock().unwrap().push(reason)),
+            16,
+        );
+        (s, rx, closed)
+    }
+
+    #[tokio::test]
+    async fn a_session_already_cancelled_is_not_pinged() {
+        let (s, mut rx, closed) = socket();
+        s.cancellation_token.cancel();
+        s.clone()
+            .spawn_heartbeat(Duration::from_millis(10), Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(rx.try_recv().is_err());
+        assert!(closed.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_job_ends_with_its_session() {
+        let (s, mut rx, closed) = socket();
+        s.clone()
+            .spawn_heartbeat(Duration::from_millis(10), Duration::from_millis(50));
+        let first = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .unwrap();
+        assert!(matches!(first, Some(Packet::Ping)));
+        s.cancellation_token.cancel();
+        // Unanswered, the ping would time the session out after 50 ms.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            closed.lock().unwrap().is_empty(),
+            "{:?}",
+            closed.lock().unwrap()
+        );
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_ping_still_times_the_session_out() {
+        let (s, mut rx, closed) = socket();
+        s.clone()
+            .spawn_heartbeat(Duration::from_millis(10), Duration::from_millis(50));
+        let first = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+            .await
+            .unwrap();
+        assert!(matches!(first, Some(Packet::Ping)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(matches!(
+            closed.lock().unwrap()[..],
+            [DisconnectReason::HeartbeatTimeout]
+        ));
     }
 }
