@@ -13,15 +13,18 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
@@ -77,6 +80,7 @@ pub async fn serve(
             Arc::clone(&app),
             bounds,
             stop.clone(),
+            connections.clone(),
         ));
     }
     drop(listener);
@@ -93,15 +97,18 @@ struct Bounds {
     max_header_bytes: usize,
 }
 
-/// One connection, from its first byte to its close (or the server's
-/// shutdown). A client that sends nothing is dropped after the header read
-/// timeout, as one that sends its head too slowly is.
+/// A connection's first bytes: once they say which protocol it speaks, the
+/// connection is served by a task of its own holding only that protocol's
+/// connection (`Served`), not this function's state. A client that sends
+/// nothing is dropped after the header read timeout, as one that sends its
+/// head too slowly is.
 async fn connection(
     stream: Counted<TcpStream>,
     remote: SocketAddr,
     app: Arc<App>,
     bounds: Bounds,
     stop: CancellationToken,
+    connections: TaskTracker,
 ) {
     let Ok(Ok(protocol)) =
         tokio::time::timeout(bounds.header_read_timeout, sniff(stream.get_ref())).await
@@ -112,8 +119,7 @@ async fn connection(
         req.extensions_mut().insert(ConnectInfo(remote));
         App::clone(&app).call(req)
     });
-    // A client that goes away mid-request is no error of ours: the
-    // connections' results are dropped.
+    let stop = stop.cancelled_owned();
     match protocol {
         Protocol::Http1 => {
             let conn = hyper::server::conn::http1::Builder::new()
@@ -122,34 +128,61 @@ async fn connection(
                 .max_buf_size(bounds.max_header_bytes)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            connections.spawn(Served::new(conn, stop, |c| c.graceful_shutdown()));
         }
         Protocol::Http2 => {
-            // Built straight into its box: a local of its own would keep
-            // its size in this future's state (1.3 KiB for every HTTP/1
-            // connection too).
-            let mut conn = Box::pin(
+            let conn = Box::pin(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .max_header_list_size(
                         u32::try_from(bounds.max_header_bytes).unwrap_or(u32::MAX),
                     )
                     .serve_connection(TokioIo::new(stream), service),
             );
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
+            connections.spawn(Served::new(conn, stop, |c| {
+                c.get_mut().as_mut().graceful_shutdown();
+            }));
         }
+    }
+}
+
+pin_project! {
+    /// A connection served until it ends; once the server stops, it is
+    /// asked to finish the request it is serving and close. A plain future
+    /// rather than an async block: a held long-poll keeps it, and an async
+    /// block would also keep what built the connection.
+    struct Served<C, F> {
+        #[pin]
+        conn: C,
+        #[pin]
+        stop: WaitForCancellationFutureOwned,
+        graceful_shutdown: Option<F>,
+    }
+}
+
+impl<C, F: FnOnce(Pin<&mut C>)> Served<C, F> {
+    fn new(conn: C, stop: WaitForCancellationFutureOwned, graceful_shutdown: F) -> Self {
+        Self {
+            conn,
+            stop,
+            graceful_shutdown: Some(graceful_shutdown),
+        }
+    }
+}
+
+impl<C: Future, F: FnOnce(Pin<&mut C>)> Future for Served<C, F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if this.graceful_shutdown.is_some()
+            && this.stop.poll(cx).is_ready()
+            && let Some(shutdown) = this.graceful_shutdown.take()
+        {
+            shutdown(this.conn.as_mut());
+        }
+        // A client that goes away mid-request is no error of ours: the
+        // connection's result is dropped.
+        this.conn.poll(cx).map(|_| ())
     }
 }
 
@@ -211,6 +244,65 @@ async fn refuse(mut stream: TcpStream) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A connection that ends by itself when `done`, or once asked to shut
+    /// down (a real one first finishes the request it is serving).
+    struct FakeConn {
+        done: bool,
+        shutdowns: Arc<AtomicUsize>,
+    }
+
+    impl Future for FakeConn {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if self.done || self.shutdowns.load(Ordering::SeqCst) > 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    fn served(
+        done: bool,
+        stop: &CancellationToken,
+    ) -> (impl Future<Output = ()> + use<>, Arc<AtomicUsize>) {
+        let shutdowns = Arc::new(AtomicUsize::new(0));
+        let conn = FakeConn {
+            done,
+            shutdowns: shutdowns.clone(),
+        };
+        let count = shutdowns.clone();
+        let served = Served::new(conn, stop.clone().cancelled_owned(), move |_| {
+            count.fetch_add(1, Ordering::SeqCst);
+        });
+        (served, shutdowns)
+    }
+
+    #[tokio::test]
+    async fn a_served_connection_runs_until_the_server_stops_then_shuts_down_once() {
+        let stop = CancellationToken::new();
+        let (served, shutdowns) = served(false, &stop);
+        let task = tokio::spawn(served);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!task.is_finished());
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(shutdowns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_ends_is_not_asked_to_shut_down() {
+        let stop = CancellationToken::new();
+        let (served, shutdowns) = served(true, &stop);
+        served.await;
+        stop.cancel();
+        assert_eq!(shutdowns.load(Ordering::SeqCst), 0);
+    }
 
     #[test]
     fn the_preface_is_http2_and_a_request_line_http1() {
