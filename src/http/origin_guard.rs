@@ -8,6 +8,7 @@
 
 use std::future::Ready;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -86,7 +87,9 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
+    /// A refusal is boxed: inline, its response would size the future of
+    /// every request let through, held long-polls among them.
+    type Future = Either<Pin<Box<Ready<Result<Response, S::Error>>>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -94,7 +97,7 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         match refusal(&self.state, &req) {
-            Some(refused) => Either::Left(std::future::ready(Ok(refused))),
+            Some(refused) => Either::Left(Box::pin(std::future::ready(Ok(refused)))),
             None => Either::Right(self.inner.call(req)),
         }
     }
