@@ -95,6 +95,9 @@ pub async fn router(state: AppState) -> anyhow::Result<App> {
 /// instead, boxing every layer's future (and cloning every layer) per
 /// request: a held long-poll kept six boxes alive where it now keeps one.
 fn stack<A: Adapter>(state: &AppState, socket_io: SocketIoLayer<A>, routes: Router) -> App {
+    // The `map_response`s turn the panic catcher's and engine.io's own body
+    // types back into axum's: the guard answers with axum's `Response`, and
+    // CORS needs a body it can make empty.
     let app = ServiceBuilder::new()
         .map_request(|req: http::Request<Incoming>| req.map(Body::new))
         .map_response(IntoResponse::into_response)
