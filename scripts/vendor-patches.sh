@@ -29,6 +29,10 @@
 # and diff.
 set -euo pipefail
 
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+}
+
 CRATE="${1:-}"
 # Each crate's version, and its "cksum" in the crates.io index
 # (https://index.crates.io/<prefix>/<crate>), which Cargo.lock records too.
@@ -42,7 +46,7 @@ case "$CRATE" in
     SHA256=2c3e324da4c95177d6291d4c8730197c0d1822f8a9766814a4a44fa5ab797c9c
     ;;
   -h | --help | help | "")
-    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    usage
     [ -n "$CRATE" ] || exit 2
     exit 0
     ;;
@@ -64,10 +68,6 @@ say() { printf '%s-patches: %s\n' "$CRATE" "$*" >&2; }
 die() {
   say "error: $*"
   exit 1
-}
-
-usage() {
-  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
 }
 
 work=""
