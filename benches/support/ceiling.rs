@@ -22,7 +22,7 @@ pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     });
     let app = axum::Router::new()
         .layer(layer)
-        .layer(sockgate::socket::CompactLayer);
+        .layer(tower::util::MapRequestLayer::new(sockgate::socket::compact));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(
         listener,

@@ -105,7 +105,7 @@ fn stack<A: Adapter>(state: &AppState, socket_io: SocketIoLayer<A>, routes: Rout
         .layer(crate::http::origin_guard::GuardLayer::new(state.clone()))
         .layer(crate::http::origin_guard::cors(state.allowlist.clone()))
         .map_response(IntoResponse::into_response)
-        .layer(handshake_request::CompactLayer)
+        .map_request(handshake_request::compact)
         .layer(socket_io)
         // engine.io's response future is an enum one of whose variants is
         // the router's future (its request inline until called): boxed,

@@ -8,57 +8,27 @@
 //! than the headers: the header values and the URI are slices of the
 //! connection's 16 KiB read buffer (keeping any keeps the buffer), each value
 //! that is cloned becomes an allocation of its own, and the extensions carry
-//! the router's bookkeeping. [`Compact`] rewrites the request before the
+//! the router's bookkeeping. [`compact`] rewrites the request before the
 //! Socket.IO layer sees it, keeping everything sockgate and the audit read.
 
 use std::net::SocketAddr;
-use std::task::{Context, Poll};
 
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Extensions, HeaderMap, HeaderValue, Uri};
 
-/// In front of the Socket.IO layer; other routes, and the requests of a
-/// long-polling session already open, pass untouched. A plain service (see
-/// `http::origin_guard::Guard`): its future is the inner one, so a held
-/// long-poll carries nothing of it.
-#[derive(Clone, Copy, Default)]
-pub struct CompactLayer;
-
-impl<S> tower::Layer<S> for CompactLayer {
-    type Service = Compact<S>;
-
-    fn layer(&self, inner: S) -> Compact<S> {
-        Compact { inner }
+/// In front of the Socket.IO layer, as a request map
+/// (`ServiceBuilder::map_request`, tower's `MapRequest`, whose future is the
+/// inner one: a held long-poll carries nothing of it); other routes, and the
+/// requests of a long-polling session already open, pass untouched.
+pub fn compact(req: axum::extract::Request) -> axum::extract::Request {
+    if !crate::engine_path::is_engine_path(req.uri().path()) || !is_kept(req.uri().query()) {
+        return req;
     }
-}
-
-#[derive(Clone)]
-pub struct Compact<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for Compact<S>
-where
-    S: tower::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> S::Future {
-        if !crate::engine_path::is_engine_path(req.uri().path()) || !is_kept(req.uri().query()) {
-            return self.inner.call(req);
-        }
-        let (mut parts, body) = req.into_parts();
-        compact_parts(&mut parts);
-        self.inner.call(http::Request::from_parts(parts, body))
-    }
+    let (mut parts, body) = req.into_parts();
+    compact_parts(&mut parts);
+    axum::extract::Request::from_parts(parts, body)
 }
 
 /// Whether engine.io may keep this request: a handshake (no `sid`), or a

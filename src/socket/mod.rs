@@ -7,5 +7,5 @@
 pub(crate) mod handshake_request;
 pub(crate) mod layer;
 
-pub use handshake_request::CompactLayer;
+pub use handshake_request::compact;
 pub use layer::tuned;
