@@ -588,3 +588,77 @@ on_every_backend!(
         }
     }
 );
+
+on_both_majors!(
+    audit_batches_are_not_left_prepared_on_the_connection,
+    audit_batches_not_prepared_on
+);
+
+/// Every handshake is audited, in batches whose INSERT text grows with
+/// their row count. Kept prepared, each batch size seen would stay in the
+/// connection's backend (and in sqlx's cache) for the connection's life:
+/// memory that grows with the variety of load, on both sides. The lookups,
+/// one text for any number of handshakes, stay prepared.
+async fn audit_batches_not_prepared_on(server: PgServer) {
+    use sea_orm::ConnectionTrait;
+    // Two pooled connections, one of them held by the revocation listener:
+    // every statement of the handshakes and their audit runs on the other,
+    // the one the query below reads (its own statements included).
+    let Some(env) = TestEnv::start_with(Backend::Postgres(server, None), |c| {
+        c.db_max_connections = 2
+    })
+    .await
+    else {
+        return;
+    };
+    let url = env.url();
+    let mut audited = 0;
+    for wave in [1usize, 3, 7, 12] {
+        let mut cookies = Vec::new();
+        for i in 0..wave {
+            let minted = env.mint(&format!("wave-{wave}-{i}")).await;
+            cookies.push(cookie(&env, &minted.cookie_value));
+        }
+        let clients = futures_util::future::join_all(
+            cookies
+                .into_iter()
+                .map(|opts| client::connect(&url, Transport::Websocket, opts)),
+        )
+        .await;
+        for mut c in clients {
+            c.outcome().await.expect("authenticated");
+            c.disconnect().await;
+        }
+        audited += wave;
+        let rows = env.audit_rows("socket.authenticated", audited).await;
+        assert_eq!(
+            rows.len(),
+            audited,
+            "every handshake of wave {wave} audited"
+        );
+    }
+    let prepared: Vec<String> = env
+        .conn()
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT statement FROM pg_prepared_statements",
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get::<String>("", "statement").unwrap())
+        .collect();
+    assert!(
+        prepared.iter().any(|s| s.contains("sess::text")),
+        "the session lookup is prepared on this connection (the one the handshakes used): {prepared:?}"
+    );
+    let audit_insert = format!("INSERT INTO {} ", env.tables().audit.table);
+    let inserts: Vec<&String> = prepared
+        .iter()
+        .filter(|s| s.trim_start().starts_with(&audit_insert))
+        .collect();
+    assert!(
+        inserts.is_empty(),
+        "audit INSERTs left prepared: {inserts:?}"
+    );
+}

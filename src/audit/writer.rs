@@ -496,7 +496,7 @@ async fn writer(
         let weight: usize = batch.iter().map(|(_, w)| w).sum();
         loop {
             let insert = insert_statement(&tables, batch.iter().map(|(e, _)| e));
-            match db.execute_raw(insert).await {
+            match crate::db::sql::execute_once(&db, insert).await {
                 Ok(_) => break,
                 Err(err) => {
                     tracing::warn!(error = %err, pending = batch.len(), retry_in = ?backoff, "audit write failed; will retry");
