@@ -9,14 +9,19 @@
 //! connection's 16 KiB read buffer (keeping any keeps the buffer), each value
 //! that is cloned becomes an allocation of its own, and the extensions carry
 //! the router's bookkeeping. [`compact`] rewrites the request before the
-//! Socket.IO layer sees it, keeping everything sockgate and the audit read.
+//! Socket.IO layer sees it, keeping only what is read after it: the cookie
+//! (the CONNECT's authentication), the audited headers and, on a websocket
+//! request, the upgrade's own headers (engine.io answers the upgrade, then
+//! drops them itself). A browser sends a dozen more (`accept-*`,
+//! `sec-fetch-*`, `cache-control`, ...), each about a hundred bytes of
+//! header map for the session's life.
 
 use std::net::SocketAddr;
 
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Extensions, HeaderMap, HeaderValue, Uri};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Uri, header};
 
 /// In front of the Socket.IO layer, as a request map
 /// (`ServiceBuilder::map_request`, tower's `MapRequest`, whose future is the
@@ -41,10 +46,20 @@ fn is_kept(query: Option<&str>) -> bool {
         || query.is_some_and(|q| q.split('&').any(|pair| pair == "transport=websocket"))
 }
 
-/// Every header is kept, in order, with its value; their bytes move into one
-/// buffer of their own. The URI is copied out. Of the extensions, only the
-/// client's address (the audit's client ip) and hyper's upgrade handle (the
-/// websocket transport needs it) are kept.
+/// Whether a header outlives the request: read by the CONNECT middleware
+/// (the cookie, the audited headers) or by engine.io's websocket upgrade.
+fn is_read_later(name: &HeaderName) -> bool {
+    name == header::COOKIE
+        || name == header::CONNECTION
+        || name == header::UPGRADE
+        || name.as_str().starts_with("sec-websocket-")
+        || crate::audit::AUDITED_HEADERS.contains(&name.as_str())
+}
+
+/// The headers [`is_read_later`] keeps, in order, with their values; their
+/// bytes move into one buffer of their own. The URI is copied out. Of the
+/// extensions, only the client's address (the audit's client ip) and
+/// hyper's upgrade handle (the websocket transport needs it) are kept.
 pub fn compact_parts(parts: &mut Parts) {
     parts.headers = compact_headers(&parts.headers);
     if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
@@ -61,14 +76,15 @@ pub fn compact_parts(parts: &mut Parts) {
 }
 
 fn compact_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut buf = Vec::with_capacity(headers.values().map(HeaderValue::len).sum());
-    for value in headers.values() {
+    let kept = || headers.iter().filter(|(name, _)| is_read_later(name));
+    let mut buf = Vec::with_capacity(kept().map(|(_, value)| value.len()).sum());
+    for (_, value) in kept() {
         buf.extend_from_slice(value.as_bytes());
     }
     let buf = Bytes::from(buf);
-    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut out = HeaderMap::with_capacity(kept().count());
     let mut at = 0;
-    for (name, value) in headers {
+    for (name, value) in kept() {
         let end = at + value.len();
         // Slices of one shared buffer: no allocation per value.
         if let Ok(mut copy) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
@@ -102,20 +118,60 @@ mod tests {
         parts
     }
 
+    fn pairs(h: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        h.iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
     #[test]
-    fn every_header_is_kept_in_order_with_its_value() {
+    fn the_headers_read_later_are_kept_in_order_with_their_values() {
         let before = request();
         let mut after = request();
+        after
+            .headers
+            .append("accept-language", HeaderValue::from_static("en"));
+        after
+            .headers
+            .append("sec-fetch-mode", HeaderValue::from_static("cors"));
         compact_parts(&mut after);
-        let pairs = |h: &HeaderMap| {
-            h.iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect::<Vec<_>>()
-        };
         assert_eq!(pairs(&after.headers), pairs(&before.headers));
         assert_eq!(after.headers.get_all("cookie").iter().count(), 2);
         assert_eq!(after.uri, before.uri);
         assert_eq!(after.method, before.method);
+    }
+
+    #[test]
+    fn what_nothing_reads_later_is_dropped() {
+        let mut parts = request();
+        for name in [
+            "accept",
+            "accept-encoding",
+            "cache-control",
+            "sec-fetch-site",
+        ] {
+            parts.headers.insert(name, HeaderValue::from_static("x"));
+        }
+        compact_parts(&mut parts);
+        let names: Vec<&str> = parts.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["host", "cookie", "x-forwarded-for", "user-agent"]);
+    }
+
+    #[test]
+    fn a_websocket_upgrade_keeps_its_own_headers() {
+        let mut parts = request();
+        for (name, value) in [
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-extensions", "permessage-deflate"),
+        ] {
+            parts.headers.insert(name, HeaderValue::from_static(value));
+        }
+        let before = pairs(&parts.headers);
+        compact_parts(&mut parts);
+        assert_eq!(pairs(&parts.headers), before);
     }
 
     #[test]
@@ -145,11 +201,11 @@ mod tests {
     #[test]
     fn sensitive_marks_survive() {
         let mut parts = request();
-        let mut secret = HeaderValue::from_static("Bearer t");
+        let mut secret = HeaderValue::from_static("connect.sid=s%3Aabc.def");
         secret.set_sensitive(true);
-        parts.headers.insert("authorization", secret);
+        parts.headers.insert("cookie", secret);
         compact_parts(&mut parts);
-        assert!(parts.headers["authorization"].is_sensitive());
+        assert!(parts.headers["cookie"].is_sensitive());
         assert!(!parts.headers["user-agent"].is_sensitive());
     }
 }
