@@ -33,10 +33,17 @@ use crate::session::rules::UserId;
 use crate::state::AppState;
 
 /// What an authenticated socket carries, from the stored session only.
-#[derive(Debug, Clone)]
+/// Kept in the socket's extensions behind an `Arc`: socketioxide hands out
+/// a clone of an extension on every read, and each extension is an entry
+/// and a box of its own for the socket's life.
+#[derive(Debug)]
 pub struct SocketSession {
     pub user_id: UserId,
     pub sid: String,
+    /// Set once the socket has been counted out (registry, gauge, log,
+    /// audit): its disconnect handler and the closed-in-the-handshake check
+    /// in [`on_connect`] may both get there.
+    counted_out: AtomicBool,
 }
 
 #[derive(Serialize)]
@@ -211,14 +218,15 @@ async fn authenticate<A: Adapter>(
                     source: ok.source.as_str(),
                 },
             );
-            s.extensions.insert(SocketSession {
+            s.extensions.insert(Arc::new(SocketSession {
                 user_id: ok.user_id,
                 sid: ok.sid,
-            });
+                counted_out: AtomicBool::new(false),
+            }));
             // Before CONNECT goes out, so a guest lock aimed at the room in
             // that instant reaches this socket; a handshake that fails
             // after this leaves its rooms with it.
-            if let Some(session) = s.extensions.get::<SocketSession>() {
+            if let Some(session) = s.extensions.get::<Arc<SocketSession>>() {
                 s.join(session.user_id.room());
             }
             register_events(&s, state.proxy.is_some());
@@ -335,7 +343,7 @@ async fn settled<A: Adapter>(s: &SocketRef<A>, io: &SocketIo<A>) -> bool {
 
 async fn whoami<A: Adapter>(s: SocketRef<A>, io: SocketIo<A>, ack: AckSender<A>) {
     settled(&s, &io).await;
-    if let Some(session) = s.extensions.get::<SocketSession>() {
+    if let Some(session) = s.extensions.get::<Arc<SocketSession>>() {
         let me = WhoAmI {
             user_id: session.user_id.as_str(),
             session_id: &session.sid,
@@ -390,7 +398,8 @@ async fn forward<A: Adapter, E: std::fmt::Display>(
     args: Result<Vec<Json>, E>,
     ack: AckSender<A>,
 ) {
-    let (Some(proxy), Some(session)) = (&state.proxy, s.extensions.get::<SocketSession>()) else {
+    let (Some(proxy), Some(session)) = (&state.proxy, s.extensions.get::<Arc<SocketSession>>())
+    else {
         return;
     };
     if !settled(&s, &io).await {
@@ -479,21 +488,13 @@ fn apply_rooms<A: Adapter>(s: &SocketRef<A>, answer: Answer) -> Result<Json, Pro
     Ok(answer.ack)
 }
 
-/// Set once a socket has been counted out (registry, gauge, log, audit):
-/// its disconnect handler and the closed-in-the-handshake check in
-/// [`on_connect`] may both get there.
-#[derive(Clone)]
-struct CountedOut(Arc<AtomicBool>);
-
 async fn on_connect<A: Adapter>(s: SocketRef<A>, io: SocketIo<A>, State(state): State<AppState>) {
-    let Some(session) = s.extensions.get::<SocketSession>() else {
+    let Some(session) = s.extensions.get::<Arc<SocketSession>>() else {
         // Unreachable: the middleware inserts it before any handler runs.
         tracing::error!(socket = %s.id, "socket without a session reached the handler");
         let _ = s.disconnect();
         return;
     };
-    s.extensions
-        .insert(CountedOut(Arc::new(AtomicBool::new(false))));
     state
         .registry
         .add(&session.sid, &session.user_id, Arc::new(s.clone()));
@@ -517,13 +518,10 @@ async fn on_connect<A: Adapter>(s: SocketRef<A>, io: SocketIo<A>, State(state): 
 
 /// Forgets a socket that is gone: registry, live gauge, log, audit; once.
 fn count_out<A: Adapter>(s: &SocketRef<A>, state: &AppState, reason: &str, error: bool) {
-    let Some(session) = s.extensions.get::<SocketSession>() else {
+    let Some(session) = s.extensions.get::<Arc<SocketSession>>() else {
         return;
     };
-    if s.extensions
-        .get::<CountedOut>()
-        .is_some_and(|done| done.0.swap(true, Ordering::SeqCst))
-    {
+    if session.counted_out.swap(true, Ordering::SeqCst) {
         return;
     }
     let id = s.id.to_string();
