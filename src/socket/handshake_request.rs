@@ -42,18 +42,30 @@ pub fn compact(req: axum::extract::Request) -> axum::extract::Request {
 /// copying their headers cost every poll an allocation and a copy for
 /// nothing.
 fn is_kept(query: Option<&str>) -> bool {
-    crate::limits::is_handshake(query)
-        || query.is_some_and(|q| q.split('&').any(|pair| pair == "transport=websocket"))
+    crate::limits::is_handshake(query) || is_websocket(query)
 }
 
+fn is_websocket(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|pair| pair == "transport=websocket"))
+}
+
+/// The headers engine.io's websocket upgrade reads; it drops them itself
+/// once it has answered the upgrade (its `UPGRADE_ONLY_HEADERS`).
+const UPGRADE_HEADERS: [HeaderName; 5] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_EXTENSIONS,
+];
+
 /// Whether a header outlives the request: read by the CONNECT middleware
-/// (the cookie, the audited headers) or by engine.io's websocket upgrade.
-fn is_read_later(name: &HeaderName) -> bool {
+/// (the cookie, the audited headers) or, on a websocket request, by
+/// engine.io's upgrade.
+fn is_read_later(name: &HeaderName, websocket: bool) -> bool {
     name == header::COOKIE
-        || name == header::CONNECTION
-        || name == header::UPGRADE
-        || name.as_str().starts_with("sec-websocket-")
         || crate::audit::AUDITED_HEADERS.contains(&name.as_str())
+        || (websocket && UPGRADE_HEADERS.contains(name))
 }
 
 /// The headers [`is_read_later`] keeps, in order, with their values; their
@@ -61,7 +73,8 @@ fn is_read_later(name: &HeaderName) -> bool {
 /// extensions, only the client's address (the audit's client ip) and
 /// hyper's upgrade handle (the websocket transport needs it) are kept.
 pub fn compact_parts(parts: &mut Parts) {
-    parts.headers = compact_headers(&parts.headers);
+    let websocket = is_websocket(parts.uri.query());
+    parts.headers = compact_headers(&parts.headers, websocket);
     if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
         parts.uri = uri;
     }
@@ -75,8 +88,12 @@ pub fn compact_parts(parts: &mut Parts) {
     parts.extensions = kept;
 }
 
-fn compact_headers(headers: &HeaderMap) -> HeaderMap {
-    let kept = || headers.iter().filter(|(name, _)| is_read_later(name));
+fn compact_headers(headers: &HeaderMap, websocket: bool) -> HeaderMap {
+    let kept = || {
+        headers
+            .iter()
+            .filter(move |(name, _)| is_read_later(name, websocket))
+    };
     let mut buf = Vec::with_capacity(kept().map(|(_, value)| value.len()).sum());
     for (_, value) in kept() {
         buf.extend_from_slice(value.as_bytes());
@@ -170,8 +187,26 @@ mod tests {
             parts.headers.insert(name, HeaderValue::from_static(value));
         }
         let before = pairs(&parts.headers);
+        parts
+            .headers
+            .insert("sec-websocket-protocol", HeaderValue::from_static("chat"));
         compact_parts(&mut parts);
         assert_eq!(pairs(&parts.headers), before);
+    }
+
+    #[test]
+    fn a_polling_handshake_keeps_no_upgrade_headers() {
+        let mut parts = request();
+        parts.uri = Uri::from_static("/socket.io/?EIO=4&transport=polling&t=x");
+        parts
+            .headers
+            .insert("connection", HeaderValue::from_static("keep-alive"));
+        parts
+            .headers
+            .insert("upgrade", HeaderValue::from_static("websocket"));
+        compact_parts(&mut parts);
+        let names: Vec<&str> = parts.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["host", "cookie", "x-forwarded-for", "user-agent"]);
     }
 
     #[test]
