@@ -141,16 +141,27 @@ mod tests {
             .collect()
     }
 
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        h.keys().map(HeaderName::as_str).collect()
+    }
+
+    fn insert_all(parts: &mut Parts, headers: &[(&'static str, &'static str)]) {
+        for &(name, value) in headers {
+            parts.headers.insert(name, HeaderValue::from_static(value));
+        }
+    }
+
+    /// The headers of [`request`] that are read later, in its order.
+    const READ_LATER: [&str; 4] = ["host", "cookie", "x-forwarded-for", "user-agent"];
+
     #[test]
     fn the_headers_read_later_are_kept_in_order_with_their_values() {
         let before = request();
         let mut after = request();
-        after
-            .headers
-            .append("accept-language", HeaderValue::from_static("en"));
-        after
-            .headers
-            .append("sec-fetch-mode", HeaderValue::from_static("cors"));
+        insert_all(
+            &mut after,
+            &[("accept-language", "en"), ("sec-fetch-mode", "cors")],
+        );
         compact_parts(&mut after);
         assert_eq!(pairs(&after.headers), pairs(&before.headers));
         assert_eq!(after.headers.get_all("cookie").iter().count(), 2);
@@ -161,35 +172,34 @@ mod tests {
     #[test]
     fn what_nothing_reads_later_is_dropped() {
         let mut parts = request();
-        for name in [
-            "accept",
-            "accept-encoding",
-            "cache-control",
-            "sec-fetch-site",
-        ] {
-            parts.headers.insert(name, HeaderValue::from_static("x"));
-        }
+        insert_all(
+            &mut parts,
+            &[
+                ("accept", "x"),
+                ("accept-encoding", "x"),
+                ("cache-control", "x"),
+                ("sec-fetch-site", "x"),
+            ],
+        );
         compact_parts(&mut parts);
-        let names: Vec<&str> = parts.headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["host", "cookie", "x-forwarded-for", "user-agent"]);
+        assert_eq!(names(&parts.headers), READ_LATER);
     }
 
     #[test]
     fn a_websocket_upgrade_keeps_its_own_headers() {
         let mut parts = request();
-        for (name, value) in [
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ("sec-websocket-version", "13"),
-            ("sec-websocket-extensions", "permessage-deflate"),
-        ] {
-            parts.headers.insert(name, HeaderValue::from_static(value));
-        }
+        insert_all(
+            &mut parts,
+            &[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-extensions", "permessage-deflate"),
+            ],
+        );
         let before = pairs(&parts.headers);
-        parts
-            .headers
-            .insert("sec-websocket-protocol", HeaderValue::from_static("chat"));
+        insert_all(&mut parts, &[("sec-websocket-protocol", "chat")]);
         compact_parts(&mut parts);
         assert_eq!(pairs(&parts.headers), before);
     }
@@ -198,15 +208,12 @@ mod tests {
     fn a_polling_handshake_keeps_no_upgrade_headers() {
         let mut parts = request();
         parts.uri = Uri::from_static("/socket.io/?EIO=4&transport=polling&t=x");
-        parts
-            .headers
-            .insert("connection", HeaderValue::from_static("keep-alive"));
-        parts
-            .headers
-            .insert("upgrade", HeaderValue::from_static("websocket"));
+        insert_all(
+            &mut parts,
+            &[("connection", "keep-alive"), ("upgrade", "websocket")],
+        );
         compact_parts(&mut parts);
-        let names: Vec<&str> = parts.headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["host", "cookie", "x-forwarded-for", "user-agent"]);
+        assert_eq!(names(&parts.headers), READ_LATER);
     }
 
     #[test]
