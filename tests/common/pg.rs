@@ -101,7 +101,10 @@ pub async fn enable_tls(admin: &str) {
     }
     // lo_export leaves the file readable by all, which the server refuses
     // for a key; a superuser's COPY TO PROGRAM runs in the data directory.
-    sqlx::raw_sql("COPY (SELECT 1) TO PROGRAM 'chmod 0600 sockgate-test.key'")
+    // The program reads the row first: a `chmod` alone never reads its
+    // stdin and may exit before the server has written it, which fails the
+    // COPY with "could not close pipe to external command: Broken pipe".
+    sqlx::raw_sql("COPY (SELECT 1) TO PROGRAM 'cat >/dev/null && chmod 0600 sockgate-test.key'")
         .execute(&mut conn)
         .await
         .unwrap();
