@@ -8,6 +8,7 @@ pub(crate) mod catalog;
 pub(crate) mod check;
 pub(crate) mod connect;
 pub(crate) mod dev_seed;
+pub(crate) mod held;
 pub(crate) mod prepare;
 pub(crate) mod sql;
 pub(crate) mod tables;

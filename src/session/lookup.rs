@@ -84,19 +84,21 @@ impl<R, E> Lookups<R, E> {
 
 impl<R: Keyed, E: Clone + Send + 'static> Lookups<R, E> {
     /// The row of `key`, looked up alone or with others by `fetch` (the
-    /// rows of any number of keys from `source`, in one statement). Only a
-    /// lookup that starts a batch copies `source` into it. `None` when the
-    /// batch task ended without answering: it panicked.
+    /// rows of any number of keys, in one statement). A lookup that starts
+    /// a run of batches makes the run's `source` with `start`; `fetch` takes
+    /// it and hands it back with each batch's rows, so what it holds (a
+    /// connection) outlasts a batch and is dropped when the run ends.
+    /// `None` when the run ended without answering: it panicked.
     pub async fn load<S, F, Fut>(
         self: &Arc<Self>,
         key: &str,
-        source: &S,
+        start: impl FnOnce() -> S,
         fetch: F,
     ) -> Option<Result<Option<R>, E>>
     where
-        S: Clone + Send + 'static,
+        S: Send + 'static,
         F: Fn(S, Vec<String>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Vec<R>, E>> + Send + 'static,
+        Fut: Future<Output = (S, Result<Vec<R>, E>)> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let batch = {
@@ -105,7 +107,7 @@ impl<R: Keyed, E: Clone + Send + 'static> Lookups<R, E> {
             state.next_batch()
         };
         if let Some(batch) = batch {
-            tokio::spawn(self.clone().run(batch, source.clone(), fetch));
+            tokio::spawn(self.clone().run(batch, start(), fetch));
         }
         rx.await.ok()
     }
@@ -114,12 +116,11 @@ impl<R: Keyed, E: Clone + Send + 'static> Lookups<R, E> {
     async fn run<S, F, Fut>(
         self: Arc<Self>,
         mut batch: Vec<(String, Reply<R, E>)>,
-        source: S,
+        mut source: S,
         fetch: F,
     ) where
-        S: Clone,
         F: Fn(S, Vec<String>) -> Fut,
-        Fut: Future<Output = Result<Vec<R>, E>>,
+        Fut: Future<Output = (S, Result<Vec<R>, E>)>,
     {
         loop {
             let mut keys: Vec<String> = batch.iter().map(|(key, _)| key.clone()).collect();
@@ -128,7 +129,9 @@ impl<R: Keyed, E: Clone + Send + 'static> Lookups<R, E> {
             self.looked_up
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             self.statements.fetch_add(1, Ordering::Relaxed);
-            match fetch(source.clone(), keys).await {
+            let (back, fetched) = fetch(source, keys).await;
+            source = back;
+            match fetched {
                 Ok(rows) => {
                     let rows: HashMap<&str, &R> = rows.iter().map(|row| (row.key(), row)).collect();
                     for (key, reply) in batch {
@@ -205,19 +208,27 @@ mod tests {
         assert_eq!(state.waiting[0].0, MAX_BATCH.to_string());
     }
 
-    type Fetched = futures_util::future::BoxFuture<'static, Result<Vec<Row>, ()>>;
+    type Fetched = futures_util::future::BoxFuture<'static, (Run, Result<Vec<Row>, ()>)>;
 
-    /// A store where only even keys exist, slow enough that lookups pile up;
-    /// it counts its statements.
-    fn fetch(statements: Arc<AtomicUsize>, keys: Vec<String>) -> Fetched {
-        statements.fetch_add(1, Ordering::SeqCst);
+    /// What a run of batches carries from one to the next: the statements
+    /// it sent, counted also in `all`.
+    struct Run {
+        sent: usize,
+        all: Arc<AtomicUsize>,
+    }
+
+    /// A store where only even keys exist, slow enough that lookups pile up.
+    fn fetch(mut run: Run, keys: Vec<String>) -> Fetched {
+        run.sent += 1;
+        run.all.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            Ok(keys
+            let rows = keys
                 .into_iter()
                 .filter(|k| k.parse::<u32>().unwrap() % 2 == 0)
                 .map(Row)
-                .collect())
+                .collect();
+            (run, Ok(rows))
         })
     }
 
@@ -225,19 +236,66 @@ mod tests {
     async fn lookups_that_arrive_together_share_statements_and_each_gets_its_own_row() {
         let lookups = Arc::new(Lookups::<Row, ()>::default());
         let statements = Arc::new(AtomicUsize::new(0));
+        let runs = AtomicUsize::new(0);
+        let start = || {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Run {
+                sent: 0,
+                all: statements.clone(),
+            }
+        };
         let keys: Vec<String> = (0..40).map(|i| (i % 30).to_string()).collect();
-        let answers = futures_util::future::join_all(
-            keys.iter().map(|k| lookups.load(k, &statements, fetch)),
-        )
-        .await;
+        let answers =
+            futures_util::future::join_all(keys.iter().map(|k| lookups.load(k, start, fetch)))
+                .await;
         for (key, answer) in keys.iter().zip(answers) {
             let row = answer.expect("answered").expect("no error");
             let even = key.parse::<u32>().unwrap() % 2 == 0;
             assert_eq!(row, even.then(|| Row(key.clone())), "key {key}");
         }
-        // The first went alone; the 39 that came while it was out, together.
+        // The first went alone; the 39 that came while it was out, together,
+        // in the same run, which carried what the first statement had.
         assert_eq!(statements.load(Ordering::SeqCst), 2);
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "one run, started once");
         assert_eq!(lookups.counts(), (40, 2), "what /metrics reports");
+    }
+
+    #[tokio::test]
+    async fn a_run_hands_its_source_from_batch_to_batch_and_a_new_run_starts_afresh() {
+        let lookups = Arc::new(Lookups::<Row, ()>::default());
+        let all = Arc::new(AtomicUsize::new(0));
+        let start = || Run {
+            sent: 0,
+            all: all.clone(),
+        };
+        let sent_before = |run: Run, keys: Vec<String>| async move {
+            let sent = run.sent;
+            let (run, _) = fetch(run, keys).await;
+            (run, Ok(vec![Row(sent.to_string())]))
+        };
+        // Three batches in one run: "0" alone, then "1" and "2" together,
+        // queued while the first was out.
+        let first = lookups.load("0", start, sent_before);
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            futures_util::future::join(
+                lookups.load("1", start, sent_before),
+                lookups.load("1", start, sent_before),
+            )
+            .await
+        };
+        let (first, (second, third)) = futures_util::future::join(first, later).await;
+        assert_eq!(first, Some(Ok(Some(Row("0".into())))));
+        assert_eq!(
+            second,
+            Some(Ok(Some(Row("1".into())))),
+            "the run's second batch"
+        );
+        assert_eq!(third, second);
+        // The run is over; the next lookup starts one of its own.
+        let alone = lookups.load("0", start, sent_before).await;
+        assert_eq!(alone, Some(Ok(Some(Row("0".into())))));
+        assert_eq!(all.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
@@ -245,10 +303,14 @@ mod tests {
         let lookups = Arc::new(Lookups::<Row, &'static str>::default());
         let keys: Vec<String> = (0..5).map(|i| i.to_string()).collect();
         let answers = futures_util::future::join_all(keys.iter().map(|key| {
-            lookups.load(key, &(), |(), _keys| async {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                Err("database away")
-            })
+            lookups.load(
+                key,
+                || (),
+                |(), _keys| async {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    ((), Err("database away"))
+                },
+            )
         }))
         .await;
         for answer in answers {

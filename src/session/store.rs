@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::db::connect::quoted_table;
+use crate::db::held::Held;
 use crate::db::sql::{Sql, as_id};
 use crate::db::tables::Tables;
 pub use crate::session::dialect::Extension;
@@ -108,11 +109,18 @@ impl SessionStore {
     /// One round trip, shared with the handshakes looked up beside it
     /// (`session::lookup`).
     pub async fn load(&self, sid: &str) -> Result<Option<StoredSession>, StoreError> {
+        // A run of batches keeps one connection (`db::held`): under load,
+        // one return ping per run instead of one per statement.
         let found = self
             .lookups
-            .load(sid, self, |store, sids| async move {
-                store.load_many(&sids).await
-            })
+            .load(
+                sid,
+                || (self.clone(), Held::new(self.db.clone())),
+                |(store, mut conn), sids| async move {
+                    let rows = store.load_many(&mut conn, &sids).await;
+                    ((store, conn), rows)
+                },
+            )
             .await
             .unwrap_or_else(|| {
                 Err(StoreError::Unavailable(Arc::new(DbErr::Custom(
@@ -164,11 +172,15 @@ impl SessionStore {
     }
 
     /// The rows of `sids` (any number), in one statement.
-    async fn load_many(&self, sids: &[String]) -> Result<Vec<StoredSession>, StoreError> {
+    async fn load_many(
+        &self,
+        conn: &mut Held,
+        sids: &[String],
+    ) -> Result<Vec<StoredSession>, StoreError> {
         let stmt = self
             .dialect
             .load_many(&self.table, &self.guest_lock_column(), sids, &self.zone);
-        let rows = self.db.query_all_raw(stmt).await?;
+        let rows = conn.query_all(stmt).await?;
         rows.iter().map(|row| self.decode(row)).collect()
     }
 
