@@ -256,6 +256,44 @@ on_both_backends!(
 );
 
 on_both_backends!(
+    no_cors_headers_for_socket_io_requests_without_an_origin,
+    allowlist,
+    |env: TestEnv| async move {
+        // A non-browser client's long-poll: answered, with nothing a
+        // browser's CORS check would read.
+        let resp = polling_status(&env, None).await;
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(
+            resp.text().await.unwrap().starts_with("0{"),
+            "an open packet"
+        );
+        let resp = polling_status(&env, None).await;
+        for name in [
+            "access-control-allow-origin",
+            "access-control-allow-credentials",
+            "vary",
+        ] {
+            assert!(resp.headers().get(name).is_none(), "{name} sent");
+        }
+        // Other routes keep `Vary: Origin` for caches, Origin or not.
+        let health = common::http()
+            .get(format!("{}/healthz", env.url()))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            health
+                .headers()
+                .get_all("vary")
+                .iter()
+                .any(|v| v.to_str().unwrap().contains("origin")),
+            "{:?}",
+            health.headers()
+        );
+    }
+);
+
+on_both_backends!(
     violations_are_rate_limited_in_log_and_audit_but_all_counted,
     allowlist,
     |env: TestEnv| async move {

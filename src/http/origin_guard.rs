@@ -16,7 +16,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
-use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, Cors, CorsLayer};
 
 use crate::audit::event::{Client, Event};
 use crate::engine_path::is_engine_path;
@@ -175,13 +175,59 @@ fn record_violation(state: &AppState, req: &Request, rejection: &Rejection) {
 }
 
 /// CORS for allowed origins, with credentials, so a browser page on an
-/// allowed origin can long-poll with its cookie.
-pub fn cors(allowlist: Arc<Allowlist>) -> CorsLayer {
-    CorsLayer::new()
-        .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
-            allowlist.allows(origin.as_bytes())
-        }))
-        .allow_credentials(true)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers(AllowHeaders::mirror_request())
+/// allowed origin can long-poll with its cookie. Skipped for a Socket.IO
+/// request without an `Origin`, which no browser makes cross-origin: its
+/// response would only gain a `Vary` and an
+/// `Access-Control-Allow-Credentials` that nothing reads, and engine.io's
+/// responses are one session's, never cached. Building those headers cost
+/// every long-polling request of a non-browser client (and a same-origin
+/// page's GETs) a header map, kept for as long as a long-poll is held. The
+/// other routes always get them, so that a cache keeps `Vary: Origin`.
+pub fn cors(allowlist: Arc<Allowlist>) -> CorsWhereAskedLayer {
+    CorsWhereAskedLayer(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+                allowlist.allows(origin.as_bytes())
+            }))
+            .allow_credentials(true)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers(AllowHeaders::mirror_request()),
+    )
+}
+
+#[derive(Clone)]
+pub struct CorsWhereAskedLayer(CorsLayer);
+
+impl<S> tower::Layer<S> for CorsWhereAskedLayer {
+    type Service = CorsWhereAsked<S>;
+
+    fn layer(&self, inner: S) -> CorsWhereAsked<S> {
+        CorsWhereAsked(self.0.layer(inner))
+    }
+}
+
+/// [`cors`]'s service: tower-http's CORS, or straight to the inner service.
+#[derive(Clone)]
+pub struct CorsWhereAsked<S>(Cors<S>);
+
+impl<S, B> tower::Service<Request> for CorsWhereAsked<S>
+where
+    S: tower::Service<Request, Response = http::Response<B>>,
+    B: Default,
+{
+    type Response = http::Response<B>;
+    type Error = S::Error;
+    type Future = Either<tower_http::cors::ResponseFuture<S::Future>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if req.headers().contains_key(header::ORIGIN) || !is_engine_path(req.uri().path()) {
+            Either::Left(self.0.call(req))
+        } else {
+            Either::Right(self.0.get_mut().call(req))
+        }
+    }
 }
