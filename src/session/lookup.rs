@@ -122,6 +122,7 @@ impl<R: Keyed, E: Clone + Send + 'static> Lookups<R, E> {
         F: Fn(S, Vec<String>) -> Fut,
         Fut: Future<Output = (S, Result<Vec<R>, E>)>,
     {
+        let _unwinding = Unwinding(&self);
         loop {
             let mut keys: Vec<String> = batch.iter().map(|(key, _)| key.clone()).collect();
             keys.sort_unstable();
@@ -153,6 +154,21 @@ impl<R: Keyed, E: Clone + Send + 'static> Lookups<R, E> {
                 Some(more) => batch = more,
                 None => return,
             }
+        }
+    }
+}
+
+/// Frees the statement slot of a run that panics, and lets go of the
+/// lookups waiting for it (their callers get `None`): otherwise no batch
+/// could ever start again, and every later handshake would wait forever.
+struct Unwinding<'a, R, E>(&'a Lookups<R, E>);
+
+impl<R, E> Drop for Unwinding<'_, R, E> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.in_flight = state.in_flight.saturating_sub(1);
+            state.waiting.clear();
         }
     }
 }
@@ -273,8 +289,8 @@ mod tests {
             let (run, _) = fetch(run, keys).await;
             (run, Ok(vec![Row(sent.to_string())]))
         };
-        // Three batches in one run: "0" alone, then "1" and "2" together,
-        // queued while the first was out.
+        // Two batches in one run: "0" alone, then "1" twice, both queued
+        // while the first was out, together.
         let first = lookups.load("0", start, sent_before);
         let later = async {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -296,6 +312,45 @@ mod tests {
         let alone = lookups.load("0", start, sent_before).await;
         assert_eq!(alone, Some(Ok(Some(Row("0".into())))));
         assert_eq!(all.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_run_that_panics_lets_go_of_its_lookups_and_the_next_starts_afresh() {
+        let lookups = Arc::new(Lookups::<Row, ()>::default());
+        let first = lookups.load(
+            "boom",
+            || (),
+            |(), keys| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                assert!(!keys.contains(&"boom".to_owned()), "a bug in a fetch");
+                ((), Ok(Vec::new()))
+            },
+        );
+        let queued = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            lookups
+                .load("1", || (), |(), _| async { ((), Ok(Vec::new())) })
+                .await
+        };
+        let (first, queued) = tokio::time::timeout(
+            Duration::from_secs(2),
+            futures_util::future::join(first, queued),
+        )
+        .await
+        .expect("the lookups of a run that panicked are let go");
+        assert_eq!(first, None, "the panicking batch's lookup");
+        assert_eq!(queued, None, "the one waiting behind it");
+        let after = tokio::time::timeout(
+            Duration::from_secs(2),
+            lookups.load(
+                "2",
+                || (),
+                |(), keys| async move { ((), Ok(keys.into_iter().map(Row).collect())) },
+            ),
+        )
+        .await
+        .expect("a lookup after the panic is not left waiting");
+        assert_eq!(after, Some(Ok(Some(Row("2".into())))));
     }
 
     #[tokio::test]
