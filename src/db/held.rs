@@ -1,14 +1,17 @@
 //! One of the pool's connections, kept by a task that sends statement after
 //! statement (the session lookups' batches under load). sqlx pings a
-//! connection every time it goes back to the pool, to vouch for it before
-//! the next borrower: a round trip to the server as dear as the statement's
-//! own, which wakes the server's backend and then this process again. Kept
-//! across a run of statements, the connection is pinged once per run.
+//! connection every time it hands one out and every time it takes one back
+//! (`test_before_acquire`, and a return ping that cannot be turned off):
+//! two round trips to the server around each statement, each as dear as
+//! the statement's own, each waking the server's backend and then this
+//! process again. Kept across a run of statements, the connection is
+//! pinged once on the way out and once on the way back, per run.
 //!
-//! Given back after [`MAX_USES`] statements, so that a run that never ends
-//! (a handshake storm) still lets the rest of the server have its turn at a
-//! small pool, and after any error: a connection a statement failed on is
-//! left to the pool's ping (or its close) to judge.
+//! Given back after [`MAX_USES`] statements, or at once when nothing is
+//! left in the pool for anyone else, so that a run that never ends (a
+//! handshake storm) does not keep the rest of the server waiting on a small
+//! pool; and after any error: a connection a statement failed on is left to
+//! the pool's ping (or its close) to judge.
 
 use sea_orm::{
     ConnAcquireErr, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, RuntimeErr,
@@ -72,7 +75,7 @@ impl Held {
             }
         };
         self.uses += 1;
-        if rows.is_ok() && self.uses < MAX_USES {
+        if rows.is_ok() && self.uses < MAX_USES && self.pool_has_room() {
             self.conn = Some(conn);
         } else {
             // Back to the pool, which pings it before anyone borrows it.
@@ -80,6 +83,18 @@ impl Held {
             self.uses = 0;
         }
         rows.map_err(|e| DbErr::Query(RuntimeErr::SqlxError(e.into())))
+    }
+
+    /// Whether another borrower would find a connection without this one:
+    /// one idle, or room to open one.
+    fn pool_has_room(&self) -> bool {
+        fn room<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> bool {
+            pool.num_idle() > 0 || pool.size() < pool.options().get_max_connections()
+        }
+        match self.db.get_database_backend() {
+            DbBackend::Postgres => room(self.db.get_postgres_connection_pool()),
+            _ => room(self.db.get_sqlite_connection_pool()),
+        }
     }
 
     async fn acquire(&self) -> Result<Conn, DbErr> {
@@ -121,10 +136,25 @@ mod tests {
         Statement::from_sql_and_values(DbBackend::Sqlite, "SELECT ?1 AS n", [n.into()])
     }
 
-    /// Connections the pool has open and idle, once a connection given
-    /// back has been through the pool's return (a task of its own).
-    async fn pool(db: &DatabaseConnection) -> (u32, usize) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    /// Waits until the pool has `want` (open, idle) connections: a
+    /// connection given back goes through the pool's return, a task of its
+    /// own. What it had after 5 s otherwise.
+    async fn pool(db: &DatabaseConnection, want: (u32, usize)) -> (u32, usize) {
+        let pool = db.get_sqlite_connection_pool();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = (pool.size(), pool.num_idle());
+            if now == want || tokio::time::Instant::now() > deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The pool's (open, idle) connections once a return that was going to
+    /// happen has had time to.
+    async fn settled(db: &DatabaseConnection) -> (u32, usize) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let pool = db.get_sqlite_connection_pool();
         (pool.size(), pool.num_idle())
     }
@@ -138,7 +168,7 @@ mod tests {
             assert_eq!(rows[0].try_get::<i64>("", "n").unwrap(), n);
         }
         assert_eq!(
-            pool(&db).await,
+            settled(&db).await,
             (1, 0),
             "three statements, one connection, kept"
         );
@@ -146,9 +176,13 @@ mod tests {
         for n in 3..i64::from(MAX_USES) {
             held.query_all(select(n)).await.unwrap();
         }
-        assert_eq!(pool(&db).await, (1, 1), "given back after {MAX_USES}");
+        assert_eq!(
+            pool(&db, (1, 1)).await,
+            (1, 1),
+            "given back after {MAX_USES}"
+        );
         held.query_all(select(0)).await.unwrap();
-        assert_eq!(pool(&db).await, (1, 0), "borrowed again for the next");
+        assert_eq!(settled(&db).await, (1, 0), "borrowed again for the next");
 
         let err = held
             .query_all(Statement::from_string(
@@ -158,11 +192,28 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("nowhere"), "{err}");
-        assert_eq!(pool(&db).await, (1, 1), "given back after an error");
+        assert_eq!(pool(&db, (1, 1)).await, (1, 1), "given back after an error");
 
         held.query_all(select(0)).await.unwrap();
         drop(held);
-        assert_eq!(pool(&db).await, (1, 1), "given back on the drop");
+        assert_eq!(pool(&db, (1, 1)).await, (1, 1), "given back on the drop");
+    }
+
+    #[tokio::test]
+    async fn the_last_connection_is_given_back_after_each_statement() {
+        let db = sqlite(1).await;
+        let mut held = Held::new(db.clone());
+        held.query_all(select(1)).await.unwrap();
+        assert_eq!(
+            pool(&db, (1, 1)).await,
+            (1, 1),
+            "nothing left for anyone else"
+        );
+        // The next borrower gets it at once, while the run goes on.
+        let mut other = Held::new(db.clone());
+        let rows = tokio::time::timeout(Duration::from_secs(1), other.query_all(select(2))).await;
+        assert!(rows.expect("not kept waiting").is_ok());
+        held.query_all(select(3)).await.unwrap();
     }
 
     #[tokio::test]
