@@ -176,10 +176,11 @@ fn record_violation(state: &AppState, req: &Request, rejection: &Rejection) {
 
 /// CORS for allowed origins, with credentials, so a browser page on an
 /// allowed origin can long-poll with its cookie. Skipped for a Socket.IO
-/// request without an `Origin`, which no browser makes cross-origin: its
-/// response would only gain a `Vary` and an
-/// `Access-Control-Allow-Credentials` that nothing reads, and engine.io's
-/// responses are one session's, never cached. Building those headers cost
+/// request without an `Origin`, which no browser makes cross-origin (a
+/// preflight always carries one): its response would only gain a `Vary` and
+/// an `Access-Control-Allow-Credentials` that nothing reads, and engine.io's
+/// responses are one session's, which clients poll with a cache-busting
+/// `t=`. Building those headers cost
 /// every long-polling request of a non-browser client (and a same-origin
 /// page's GETs) a header map, kept for as long as a long-poll is held. The
 /// other routes always get them, so that a cache keeps `Vary: Origin`.
