@@ -17,7 +17,6 @@ use sea_orm::{
     ConnAcquireErr, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, QueryResult, RuntimeErr,
     Statement,
 };
-use sea_query_sqlx::SqlxValues;
 use sqlx::pool::PoolConnection;
 use sqlx::{Postgres, Sqlite};
 
@@ -60,8 +59,7 @@ impl Held {
             Some(conn) => conn,
             None => self.acquire().await?,
         };
-        let values = SqlxValues(stmt.values.unwrap_or(sea_orm::Values(Vec::new())));
-        let sql = sqlx::AssertSqlSafe(stmt.sql);
+        let (sql, values) = crate::db::sql::for_sqlx(stmt);
         let (conn, rows) = match conn {
             Conn::Postgres(mut c) => {
                 let rows = sqlx::query_with(sql, values).fetch_all(&mut *c).await;

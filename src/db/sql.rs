@@ -58,6 +58,13 @@ impl Sql {
     }
 }
 
+/// `stmt` as sqlx takes it: its text (built by [`Sql`], every value bound),
+/// and its values through sea-orm's own binder.
+pub fn for_sqlx(stmt: Statement) -> (sqlx::AssertSqlSafe<String>, SqlxValues) {
+    let values = SqlxValues(stmt.values.unwrap_or(sea_orm::Values(Vec::new())));
+    (sqlx::AssertSqlSafe(stmt.sql), values)
+}
+
 /// Runs a statement whose text is seldom seen twice without keeping it
 /// prepared. sqlx keeps every statement it prepares in each connection's
 /// cache (up to 100), and PostgreSQL keeps it in that connection's backend:
@@ -65,8 +72,7 @@ impl Sql {
 /// seen would hold a copy of up to 12,288 parameters' worth of statement on
 /// both sides, for as long as the connection lives. Rows affected.
 pub async fn execute_once(db: &DatabaseConnection, stmt: Statement) -> Result<u64, DbErr> {
-    let values = SqlxValues(stmt.values.unwrap_or(sea_orm::Values(Vec::new())));
-    let sql = sqlx::AssertSqlSafe(stmt.sql);
+    let (sql, values) = for_sqlx(stmt);
     let done = match db.get_database_backend() {
         DbBackend::Postgres => sqlx::query_with(sql, values)
             .persistent(false)

@@ -110,7 +110,8 @@ impl SessionStore {
     /// (`session::lookup`).
     pub async fn load(&self, sid: &str) -> Result<Option<StoredSession>, StoreError> {
         // A run of batches keeps one connection (`db::held`): under load,
-        // one return ping per run instead of one per statement.
+        // the pool's two pings once per run instead of around every
+        // statement.
         let found = self
             .lookups
             .load(
