@@ -18,6 +18,7 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::mpsc;
 
 use crate::db::catalog::Kind;
+use crate::db::held::Held;
 use crate::db::sql::{Sql, as_id};
 use crate::db::tables::{AuditTable, Col, Tables};
 
@@ -241,8 +242,8 @@ impl AuditLog {
 /// writer pays for: at 256 it fell behind a reconnect storm of 19,000
 /// handshakes in 3.8 s (7,506 written, 4,110 dropped when the storm ended);
 /// at 1,024 it kept up (all 19,002 written, none dropped; `cargo bench
-/// --bench scale`). At most 12 parameters a row: 12,288, under both
-/// PostgreSQL's (65,535) and SQLite's (32,766) limits.
+/// --bench scale`). The batch is one JSON value of a few KiB a row at most
+/// (headers are cut to 256 characters a value).
 const BATCH: usize = 1024;
 /// How long the writer gathers events before an INSERT.
 const LINGER: Duration = Duration::from_millis(5);
@@ -251,79 +252,169 @@ const LINGER: Duration = Duration::from_millis(5);
 /// columns. A field without a column of its own goes into the details
 /// JSON under its name, so nothing an event says is lost on an app table
 /// with fewer columns.
+///
+/// The rows travel as one JSON array, bound as one value and unpacked by
+/// the database (`json_to_recordset`, SQLite's `json_each`), so the text is
+/// the same for every batch: prepared once per connection, where a VALUES
+/// list with a placeholder per field was a new statement for every batch
+/// size, parsed and planned anew each time, and cost a `format!` per value
+/// to build.
 fn insert_statement<'a>(
     tables: &'a Tables,
     events: impl Iterator<Item = &'a AuditEvent>,
 ) -> Statement {
     let a = &tables.audit;
     let backend = tables.backend;
-    let mut sql = Sql::new(backend);
-    let mut columns: Vec<&'a str> = Vec::new();
-    let mut rows = Vec::new();
-    for event in events {
-        let mut values = Vec::new();
-        let first = rows.is_empty();
-        let mut put = |col: &'a Col, expr: String| {
-            if first {
-                columns.push(&col.q);
-            }
-            values.push(expr);
-        };
-        if let Some(col) = &a.id {
-            let id = sql.bind(crate::db::sql::new_uuid());
-            put(col, cast_to(backend, col, &id));
-        }
-        let action = sql.bind(event.action);
-        put(&a.action, cast_to(backend, &a.action, &action));
-        let severity = sql.bind(event.severity.as_str());
-        put(&a.severity, cast_to(backend, &a.severity, &severity));
-        let user = sql.bind(event.user_id.clone());
-        put(&a.user_id, as_id(backend, a.user_id.id_kind(), &user));
-        let at = created_at_value(tables, &a.created_at, event.at, &mut sql);
-        put(&a.created_at, at);
+    let rows: Vec<Row<'_>> = events.map(|event| Row::new(tables, event)).collect();
+    let rows = serde_json::to_string(&rows).expect("audit rows serialize");
 
-        let mut extra = Map::new();
-        for (col, key, value) in [
-            (&a.socket_id, "socket_id", &event.socket_id),
-            (&a.reason, "reason", &event.reason),
-            (&a.ip, "client_ip", &event.client_ip),
-            (&a.session_ref, "session_ref", &event.session_ref),
-        ] {
-            match col {
-                Some(col) => {
-                    let p = sql.bind(value.clone());
-                    put(col, cast_to(backend, col, &p));
-                }
-                None => {
-                    if let Some(value) = value {
-                        extra.insert(key.to_owned(), Json::String(value.clone()));
-                    }
-                }
-            }
+    let mut sql = Sql::new(backend);
+    let array = sql.bind(rows);
+    let field = |name: &str| match backend {
+        DbBackend::Postgres => format!("r.{name}"),
+        _ => format!("json_extract(r.value, '$.{name}')"),
+    };
+    let mut columns: Vec<&str> = Vec::new();
+    let mut values: Vec<String> = Vec::new();
+    let mut put = |col: &'a Col, expr: String| {
+        columns.push(&col.q);
+        values.push(expr);
+    };
+    if let Some(col) = &a.id {
+        put(col, cast_to(backend, col, &field("id")));
+    }
+    put(&a.action, cast_to(backend, &a.action, &field("action")));
+    put(
+        &a.severity,
+        cast_to(backend, &a.severity, &field("severity")),
+    );
+    put(
+        &a.user_id,
+        as_id(backend, a.user_id.id_kind(), &field("user_id")),
+    );
+    let at = created_at_value(tables, &a.created_at, &field("at"), &mut sql);
+    put(&a.created_at, at);
+    for (col, name) in [
+        (&a.socket_id, "socket_id"),
+        (&a.reason, "reason"),
+        (&a.ip, "client_ip"),
+        (&a.session_ref, "session_ref"),
+        (&a.headers, "headers"),
+    ] {
+        if let Some(col) = col {
+            put(col, cast_to(backend, col, &field(name)));
         }
-        match &a.headers {
-            Some(col) => {
-                let p = sql.bind(event.headers.as_ref().map(Json::to_string));
-                put(col, cast_to(backend, col, &p));
+    }
+    put(&a.details, cast_to(backend, &a.details, &field("details")));
+    let source = match backend {
+        // Every field as text, as the VALUES list bound them.
+        DbBackend::Postgres => format!(
+            "json_to_recordset(CAST({array} AS json)) AS r({})",
+            Row::FIELDS.map(|f| format!("{f} text")).join(", ")
+        ),
+        _ => format!("json_each({array}) AS r"),
+    };
+    sql.text = format!(
+        "INSERT INTO {} ({}) SELECT {} FROM {source}",
+        a.table,
+        columns.join(", "),
+        values.join(", "),
+    );
+    sql.build()
+}
+
+/// One event as an element of the batch's JSON array: its fields as the
+/// mapped columns take them (text, or a number for an integer time), and
+/// what has no column of its own folded into the details.
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    id: Option<String>,
+    action: &'a str,
+    severity: &'a str,
+    user_id: Option<&'a str>,
+    at: At,
+    socket_id: Option<&'a str>,
+    reason: Option<&'a str>,
+    client_ip: Option<&'a str>,
+    session_ref: Option<&'a str>,
+    headers: Option<String>,
+    details: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum At {
+    Text(String),
+    Seconds(i64),
+}
+
+impl<'a> Row<'a> {
+    const FIELDS: [&'static str; 11] = [
+        "id",
+        "action",
+        "severity",
+        "user_id",
+        "at",
+        "socket_id",
+        "reason",
+        "client_ip",
+        "session_ref",
+        "headers",
+        "details",
+    ];
+
+    fn new(tables: &Tables, event: &'a AuditEvent) -> Self {
+        let a = &tables.audit;
+        let mut extra = Map::new();
+        let mut own = |col: &Option<Col>, key: &str, value: &'a Option<String>| match col {
+            Some(_) => value.as_deref(),
+            None => {
+                if let Some(value) = value {
+                    extra.insert(key.to_owned(), Json::String(value.clone()));
+                }
+                None
             }
+        };
+        let socket_id = own(&a.socket_id, "socket_id", &event.socket_id);
+        let reason = own(&a.reason, "reason", &event.reason);
+        let client_ip = own(&a.ip, "client_ip", &event.client_ip);
+        let session_ref = own(&a.session_ref, "session_ref", &event.session_ref);
+        let headers = match &a.headers {
+            Some(_) => event.headers.as_ref().map(Json::to_string),
             None => {
                 if let Some(headers) = &event.headers {
                     extra.insert("headers".to_owned(), headers.clone());
                 }
+                None
             }
-        }
+        };
         let details = details_with(event.details.as_ref(), extra, a.own);
-        let p = sql.bind(details.map(|d| d.to_string()));
-        put(&a.details, cast_to(backend, &a.details, &p));
-        rows.push(format!("({})", values.join(", ")));
+        Self {
+            id: a.id.as_ref().map(|_| crate::db::sql::new_uuid()),
+            action: event.action,
+            severity: event.severity.as_str(),
+            user_id: event.user_id.as_deref(),
+            at: at_value(tables, event.at),
+            socket_id,
+            reason,
+            client_ip,
+            session_ref,
+            headers,
+            details: details.map(|d| d.to_string()),
+        }
     }
-    sql.text = format!(
-        "INSERT INTO {} ({}) VALUES {}",
-        a.table,
-        columns.join(", "),
-        rows.join(", ")
-    );
-    sql.build()
+}
+
+/// An event's time as the batch carries it: the text sqlx binds a
+/// `DateTime<Utc>` as (microseconds on PostgreSQL, which keeps no more;
+/// SQLite compares its text), or seconds for an integer column.
+fn at_value(tables: &Tables, at: DateTime<Utc>) -> At {
+    use chrono::SecondsFormat;
+    match (tables.backend, tables.audit.created_at.kind) {
+        (DbBackend::Postgres, _) => At::Text(at.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        (_, Kind::Integer) => At::Seconds(at.timestamp()),
+        _ => At::Text(at.to_rfc3339_opts(SecondsFormat::AutoSi, false)),
+    }
 }
 
 /// The event's details with the fields that have no column of their own.
@@ -363,17 +454,17 @@ fn cast_to(backend: DbBackend, col: &Col, placeholder: &str) -> String {
     }
 }
 
-fn created_at_value(tables: &Tables, col: &Col, at: DateTime<Utc>, sql: &mut Sql) -> String {
+/// The created-at column's value from `at`, an expression of a time as
+/// [`at_value`] writes it (PostgreSQL: its text).
+fn created_at_value(tables: &Tables, col: &Col, at: &str, sql: &mut Sql) -> String {
     match (tables.backend, col.kind) {
         // Wall-clock time in the Node app's zone, as the app writes it.
         (DbBackend::Postgres, Kind::Timestamp) => {
-            let at = sql.bind(at);
             let zone = sql.bind(tables.zone.as_str());
-            format!("({at} AT TIME ZONE {zone})")
+            format!("(CAST({at} AS timestamptz) AT TIME ZONE {zone})")
         }
-        (DbBackend::Postgres, _) => sql.bind(at),
-        (_, Kind::Integer) => sql.bind(at.timestamp()),
-        _ => sql.bind(at),
+        (DbBackend::Postgres, _) => format!("CAST({at} AS timestamptz)"),
+        _ => at.to_owned(),
     }
 }
 
@@ -404,7 +495,11 @@ pub async fn rows_since(
     let opt = |col: &Option<Col>| col.as_ref().map_or("NULL".to_owned(), text);
     let mut sql = Sql::new(tables.backend);
     let action_param = sql.bind(action);
-    let since_expr = created_at_value(tables, &a.created_at, since, &mut sql);
+    let since = match at_value(tables, since) {
+        At::Text(text) => sql.bind(text),
+        At::Seconds(seconds) => sql.bind(seconds),
+    };
+    let since_expr = created_at_value(tables, &a.created_at, &since, &mut sql);
     sql.text = format!(
         "SELECT {action} AS action, {severity} AS severity, {user} AS user_id, \
                 {socket} AS socket_id, {session} AS session_ref, {reason} AS reason, \
@@ -476,10 +571,14 @@ async fn writer(
 ) {
     let mut rx = rx.lock().await;
     let mut batch = Vec::with_capacity(BATCH);
+    // One connection for a run of batches, as the lookups keep one (and
+    // for the same reason: the pool's two pings around every statement);
+    // given back whenever the queue runs dry, so an idle writer holds none.
+    let mut conn = Held::new(db.clone());
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         // Under load events arrive a few at a time: gathered for a moment
         // they make one INSERT instead of several, each of which costs a
-        // statement, a pool checkout and the pool's return ping. The
+        // round trip. The
         // channel closing ends the wait at once, so a shutdown still
         // writes everything.
         let _ = tokio::time::timeout(LINGER, async {
@@ -496,7 +595,7 @@ async fn writer(
         let weight: usize = batch.iter().map(|(_, w)| w).sum();
         loop {
             let insert = insert_statement(&tables, batch.iter().map(|(e, _)| e));
-            match crate::db::sql::execute_once(&db, insert).await {
+            match conn.query_all(insert).await {
                 Ok(_) => break,
                 Err(err) => {
                     tracing::warn!(error = %err, pending = batch.len(), retry_in = ?backoff, "audit write failed; will retry");
@@ -508,6 +607,9 @@ async fn writer(
         written.fetch_add(count, Ordering::Relaxed);
         bytes.fetch_sub(weight, Ordering::Relaxed);
         batch.clear();
+        if rx.is_empty() {
+            conn = Held::new(db.clone());
+        }
     }
 }
 
@@ -579,15 +681,7 @@ mod tests {
         );
         let events = 3 * BATCH;
         for i in 0..events {
-            let mut event = AuditEvent::new(action::AUTHENTICATED, Severity::Info);
-            event.user_id = Some(i.to_string());
-            event.socket_id = Some(format!("socket-{i}"));
-            event.session_ref = Some(format!("ref-{i}"));
-            event.reason = Some("cookie".into());
-            event.client_ip = Some("127.0.0.1".into());
-            event.headers = Some(serde_json::json!({ "user-agent": "bench" }));
-            event.details = Some(serde_json::json!({ "i": i }));
-            log.record(event);
+            log.record(full_event(i));
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while log.written() < events as u64 && std::time::Instant::now() < deadline {
@@ -605,6 +699,54 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(row.try_get::<i64>("", "n").unwrap(), events as i64);
+    }
+
+    fn full_event(i: usize) -> AuditEvent {
+        let mut event = AuditEvent::new(action::AUTHENTICATED, Severity::Info);
+        event.user_id = Some(i.to_string());
+        event.socket_id = Some(format!("socket-{i}"));
+        event.session_ref = Some(format!("ref-{i}"));
+        event.reason = Some("cookie \"quoted\" \u{1e}".into());
+        event.client_ip = Some("127.0.0.1".into());
+        event.headers = Some(serde_json::json!({ "user-agent": "bench" }));
+        event.details = Some(serde_json::json!({ "i": i }));
+        event
+    }
+
+    /// Batches of any size are one statement text (prepared once), and
+    /// what they write reads back field for field, found by its time.
+    #[tokio::test]
+    async fn every_batch_size_is_one_text_and_reads_back() {
+        let (db, tables) = sqlite_audit().await;
+        let events: Vec<AuditEvent> = (0..5).map(full_event).collect();
+        let one = insert_statement(&tables, events[..1].iter());
+        let five = insert_statement(&tables, events.iter());
+        assert_eq!(one.sql, five.sql);
+
+        let before = events[0].at - chrono::Duration::milliseconds(1);
+        let after = events[4].at + chrono::Duration::milliseconds(1);
+        db.conn.execute_raw(five).await.unwrap();
+        let rows = rows_since(&db.conn, &tables, action::AUTHENTICATED, before)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 5);
+        for (i, row) in rows.iter().enumerate() {
+            assert_eq!(row.user_id.as_deref(), Some(i.to_string().as_str()));
+            assert_eq!(row.socket_id, Some(format!("socket-{i}")));
+            assert_eq!(row.session_ref, Some(format!("ref-{i}")));
+            assert_eq!(row.reason.as_deref(), Some("cookie \"quoted\" \u{1e}"));
+            assert_eq!(row.client_ip.as_deref(), Some("127.0.0.1"));
+            assert_eq!(
+                row.headers,
+                Some(serde_json::json!({ "user-agent": "bench" }))
+            );
+            assert_eq!(row.details, Some(serde_json::json!({ "i": i })));
+            assert_eq!(row.severity, "INFO");
+        }
+        let later = rows_since(&db.conn, &tables, action::AUTHENTICATED, after)
+            .await
+            .unwrap();
+        assert!(later.is_empty(), "{later:?}");
     }
 
     #[test]

@@ -4,9 +4,7 @@
 //! Knows no table or column by name; callers bring them from the
 //! configuration or the mapping.
 
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement, Value,
-};
+use sea_orm::{DbBackend, Statement, Value};
 use sea_query_sqlx::SqlxValues;
 
 /// `name` as a quoted identifier: `"name"` with inner quotes doubled (the
@@ -63,33 +61,6 @@ impl Sql {
 pub fn for_sqlx(stmt: Statement) -> (sqlx::AssertSqlSafe<String>, SqlxValues) {
     let values = SqlxValues(stmt.values.unwrap_or(sea_orm::Values(Vec::new())));
     (sqlx::AssertSqlSafe(stmt.sql), values)
-}
-
-/// Runs a statement whose text is seldom seen twice without keeping it
-/// prepared. sqlx keeps every statement it prepares in each connection's
-/// cache (up to 100), and PostgreSQL keeps it in that connection's backend:
-/// a batch INSERT's text grows with its row count, so every batch size
-/// seen would hold a copy of up to 12,288 parameters' worth of statement on
-/// both sides, for as long as the connection lives. Rows affected.
-pub async fn execute_once(db: &DatabaseConnection, stmt: Statement) -> Result<u64, DbErr> {
-    let (sql, values) = for_sqlx(stmt);
-    let done = match db.get_database_backend() {
-        DbBackend::Postgres => sqlx::query_with(sql, values)
-            .persistent(false)
-            .execute(db.get_postgres_connection_pool())
-            .await
-            .map(|r| r.rows_affected()),
-        DbBackend::Sqlite => sqlx::query_with(sql, values)
-            .persistent(false)
-            .execute(db.get_sqlite_connection_pool())
-            .await
-            .map(|r| r.rows_affected()),
-        backend => {
-            let stmt = Statement::from_sql_and_values(backend, sql.0, values.0);
-            return db.execute_raw(stmt).await.map(|r| r.rows_affected());
-        }
-    };
-    done.map_err(|e| DbErr::Exec(RuntimeErr::SqlxError(e.into())))
 }
 
 /// How an id column compares with an id as text (`sess.passport.user` is a
