@@ -589,6 +589,58 @@ on_every_backend!(
     }
 );
 
+// engine.io's reference server sends a session's first ping one
+// `pingInterval` after the open. Pinged at once, a long-polling client read
+// the ping alone on its first poll (the answer waits for the session
+// lookup), and took a pong and another poll to read the answer.
+on_every_backend!(
+    a_long_polling_clients_first_poll_reads_the_connect_answer,
+    |env: TestEnv| async move {
+        let minted = env.mint("44").await;
+        let cookie = format!("{}={}", env.config.cookie_name, minted.cookie_value);
+        let base = format!("{}/socket.io/?EIO=4&transport=polling", env.url());
+        let http = common::http();
+        for trial in 0..5 {
+            let open = http
+                .get(&base)
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let open: serde_json::Value =
+                serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
+            assert_eq!(open["pingInterval"], 25_000);
+            let url = format!("{base}&sid={}", open["sid"].as_str().unwrap());
+            let posted = http
+                .post(&url)
+                .header("cookie", &cookie)
+                .body("40")
+                .send()
+                .await
+                .unwrap();
+            assert!(posted.status().is_success());
+            let first = http
+                .get(&url)
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let packets: Vec<&str> = first.split('\u{1e}').collect();
+            assert!(
+                packets[0].starts_with("40{") && !packets.contains(&"2"),
+                "trial {trial}: the first poll reads the CONNECT answer, no ping: {first:?}"
+            );
+            let _ = http.post(&url).body("1").send().await;
+        }
+    }
+);
+
 on_both_majors!(
     audit_batches_of_every_size_share_one_prepared_statement,
     audit_batches_share_one_statement_on

@@ -331,8 +331,10 @@ pub async fn polling_handshake(
         .send()
         .await
         .map_err(t)?;
-    // The answer may follow a ping (engine.io pings a polling session as
-    // soon as it opens): keep polling, answering pings, as a client does.
+    // The answer may follow a ping (a session's first ping comes one
+    // `pingInterval` after it opens, 25 s by default; before the vendored
+    // engineioxide's item 11, at once): keep polling, answering pings, as
+    // a client does.
     for _ in 0..5 {
         let reply = client
             .get(&url)

@@ -410,7 +410,15 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
-        let mut interval_tick = tokio::time::interval(interval);
+        // sockgate patch: the first ping one interval after the open, as the
+        // reference server (engine.io's `schedulePing`) sends it, not at
+        // once. An immediate ping reached a long-polling client before the
+        // answer to its CONNECT whenever the connect handler awaited
+        // anything (an authentication lookup): the client's first poll
+        // returned the ping alone, and it took a pong and another poll,
+        // two more requests, to read the answer.
+        let mut interval_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         interval_tick.tick().await;
         // Some clients send the pong packet in first. If that happens, we should consume it.
         self.heartbeat.notified().now_or_never();
@@ -743,6 +751,26 @@ mod heartbeat_job_tests {
             closed.lock().unwrap()
         );
         assert!(rx.try_recv().is_err());
+    }
+
+    /// sockgate patch: the first ping one interval after the open, as
+    /// engine.io's reference server sends it.
+    #[tokio::test]
+    async fn the_first_ping_comes_after_one_interval() {
+        let (s, mut rx, _closed) = socket();
+        s.clone()
+            .spawn_heartbeat(Duration::from_millis(300), Duration::from_millis(300));
+        let opened = tokio::time::Instant::now();
+        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap();
+        assert!(matches!(first, Some(Packet::Ping)));
+        assert!(
+            opened.elapsed() >= Duration::from_millis(300),
+            "first ping after {:?}",
+            opened.elapsed()
+        );
+        s.cancellation_token.cancel();
     }
 
     #[tokio::test]

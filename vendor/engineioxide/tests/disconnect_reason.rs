@@ -133,7 +133,9 @@ pub async fn polling_heartbeat_timeout() {
     let mut svc = create_server(MyHandler { disconnect_tx }).await;
     create_polling_connection(&mut svc).await;
 
-    let data = tokio::time::timeout(Duration::from_millis(500), rx.recv())
+    // sockgate patch: the first ping comes one interval (300 ms) after
+    // the open, and goes unanswered for the timeout (200 ms).
+    let data = tokio::time::timeout(Duration::from_millis(1500), rx.recv())
         .await
         .expect("timeout waiting for DisconnectReason::HeartbeatTimeout")
         .unwrap();
@@ -147,7 +149,9 @@ pub async fn ws_heartbeat_timeout() {
     let mut svc = create_server(MyHandler { disconnect_tx }).await;
     let _stream = create_ws_connection(&mut svc).await;
 
-    let data = tokio::time::timeout(Duration::from_millis(500), rx.recv())
+    // sockgate patch: the first ping comes one interval (300 ms) after
+    // the open, and goes unanswered for the timeout (200 ms).
+    let data = tokio::time::timeout(Duration::from_millis(1500), rx.recv())
         .await
         .expect("timeout waiting for DisconnectReason::HeartbeatTimeout")
         .unwrap();

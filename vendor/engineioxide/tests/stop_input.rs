@@ -58,7 +58,11 @@ fn post(
 #[tokio::test]
 async fn polling_posts_after_stop_input_are_dropped() {
     let handler = Arc::new(Counting::default());
-    let config = EngineIoConfig::default();
+    // sockgate patch: the first ping, which answers the GET below, comes one
+    // interval after the open.
+    let config = EngineIoConfig::builder()
+        .ping_interval(Duration::from_millis(100))
+        .build();
     let closer = config.session_closer.clone();
     let mut svc = EngineIoService::with_config(handler.clone(), config);
     let sid = create_polling_connection(&mut svc).await;

@@ -227,8 +227,8 @@ where
 /// sockgate patch: engineioxide 0.17 ran a websocket session as three tasks
 /// (reader, writer, heartbeat), each a few KiB held for the socket's life.
 /// The connection task now does all three; the schedule is the same as the
-/// spawned job's: a ping at once and then every `interval` from the start,
-/// each answered within `timeout`.
+/// spawned job's: a ping every `interval` from the start, the first one
+/// interval after the open, each answered within `timeout`.
 struct Heartbeat {
     interval: Duration,
     timeout: Duration,
@@ -244,7 +244,9 @@ impl Heartbeat {
         Self {
             interval,
             timeout,
-            next_ping: now,
+            // sockgate patch: the first ping one interval after the open,
+            // as the reference server sends it (`Socket::heartbeat_job_v4`).
+            next_ping: now + interval,
             ping_sent_at: now,
             awaiting_pong: false,
         }
@@ -306,7 +308,12 @@ where
         let InternalRx { buffered_rx, .. } = &mut *internal_rx;
         let stall_limit = engine.config.ping_interval + engine.config.ping_timeout;
 
-        let timer = tokio::time::sleep_until(Instant::now());
+        // sockgate patch: armed for the heartbeat's first deadline (one
+        // interval after the open), not for now.
+        let first = heartbeat
+            .as_ref()
+            .map_or_else(Instant::now, Heartbeat::deadline);
+        let timer = tokio::time::sleep_until(first);
         tokio::pin!(timer);
 
         let result = loop {
@@ -765,6 +772,31 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// sockgate patch: the first ping one interval after the open, as
+    /// engine.io's reference server sends it.
+    #[tokio::test]
+    async fn merged_heartbeat_pings_first_after_one_interval() {
+        let engine = fast_heartbeat_engine();
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let interval = Duration::from_millis(300);
+        let hb = Heartbeat::new(interval, engine.config.ping_timeout);
+        let opened = tokio::time::Instant::now();
+        let conn = {
+            let (engine, socket) = (engine.clone(), socket.clone());
+            tokio::spawn(connection(engine, socket, server, Some(hb)))
+        };
+        let ping = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap();
+        assert_eq!(ping.unwrap().unwrap(), Message::text("2"));
+        assert!(
+            opened.elapsed() >= interval,
+            "first ping after {:?}",
+            opened.elapsed()
+        );
+        socket.cancellation_token.cancel();
+        let _ = tokio::time::timeout(TIMEOUT, conn).await;
     }
 
     /// A client that reads the ping but never answers is timed out.
