@@ -617,9 +617,6 @@ async fn writer(
 mod tests {
     use super::*;
 
-    /// The database is away (a closed pool): the queue fills, and it stops
-    /// at its byte bound, not only at its event count; what it refuses is
-    /// counted.
     /// An in-memory SQLite database with sockgate's tables (one
     /// connection: each holds a memory database of its own).
     async fn sqlite_audit() -> (crate::db::connect::Database, Tables) {
@@ -639,6 +636,9 @@ mod tests {
         (db, tables)
     }
 
+    /// The database is away (a closed pool): the queue fills, and it stops
+    /// at its byte bound, not only at its event count; what it refuses is
+    /// counted.
     #[tokio::test]
     async fn the_queue_is_bounded_in_bytes() {
         let (db, tables) = sqlite_audit().await;
