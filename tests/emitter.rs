@@ -238,17 +238,7 @@ struct Polling {
 impl Polling {
     /// Opens the session and joins the namespace.
     async fn connect(base: &str, cookie: &str) -> Polling {
-        let open = common::http()
-            .get(format!("{base}/socket.io/?EIO=4&transport=polling"))
-            .header("cookie", cookie)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let open: Value =
-            serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
+        let open = common::wire::polling_open(base, cookie).await;
         let mut polling = Polling {
             url: format!(
                 "{base}/socket.io/?EIO=4&transport=polling&sid={}",

@@ -660,20 +660,10 @@ async fn vanish(addr: SocketAddr, cookie: String, how: Vanish) {
                 .await;
         }
         Vanish::PartialPollingPost => {
-            let open = common::http()
-                .get(format!("http://{addr}/socket.io/?EIO=4&transport=polling"))
-                .header("Cookie", format!("connect.sid={cookie}"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let sid = open
-                .split("\"sid\":\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .expect("an engine.io open packet");
+            let open =
+                wire::polling_open(&format!("http://{addr}"), &format!("connect.sid={cookie}"))
+                    .await;
+            let sid = open["sid"].as_str().expect("an engine.io open packet");
             let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
             let _ = tcp
                 .write_all(

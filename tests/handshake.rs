@@ -598,22 +598,15 @@ on_every_backend!(
     |env: TestEnv| async move {
         let minted = env.mint("44").await;
         let cookie = format!("{}={}", env.config.cookie_name, minted.cookie_value);
-        let base = format!("{}/socket.io/?EIO=4&transport=polling", env.url());
         let http = common::http();
         for trial in 0..5 {
-            let open = http
-                .get(&base)
-                .header("cookie", &cookie)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let open: serde_json::Value =
-                serde_json::from_str(open.strip_prefix('0').expect("open packet")).unwrap();
+            let open = common::wire::polling_open(&env.url(), &cookie).await;
             assert_eq!(open["pingInterval"], 25_000);
-            let url = format!("{base}&sid={}", open["sid"].as_str().unwrap());
+            let url = format!(
+                "{}/socket.io/?EIO=4&transport=polling&sid={}",
+                env.url(),
+                open["sid"].as_str().unwrap()
+            );
             let posted = http
                 .post(&url)
                 .header("cookie", &cookie)

@@ -30,6 +30,22 @@ pub async fn metric(base_url: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Opens an engine.io long-polling session on `base_url` with `cookie` (a
+/// whole `Cookie` header): its open packet (`sid`, `pingInterval`, ...).
+pub async fn polling_open(base_url: &str, cookie: &str) -> serde_json::Value {
+    let open = super::http()
+        .get(format!("{base_url}/socket.io/?EIO=4&transport=polling"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("GET the polling handshake")
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(open.strip_prefix('0').expect("an engine.io open packet"))
+        .expect("the open packet's JSON")
+}
+
 /// The status of `GET <base_url><path>`, or 0 when there is no answer.
 pub async fn status(base_url: &str, path: &str) -> u16 {
     super::http()
