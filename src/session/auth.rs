@@ -79,7 +79,8 @@ pub struct Authenticated {
 #[derive(Debug, Clone, Copy)]
 pub struct SessionFacts<'a> {
     pub expire_at: DateTime<Utc>,
-    pub sess: Option<&'a Json>,
+    /// The session's passport user, if anyone is logged in.
+    pub user: Option<&'a UserId>,
     /// The session's user is a soft-locked guest.
     pub guest_locked: bool,
 }
@@ -89,7 +90,7 @@ pub struct SessionFacts<'a> {
 /// a guest lock. Pure: the row and the time decide, nothing else.
 pub fn decide(stored: Option<SessionFacts<'_>>, now: DateTime<Utc>) -> Result<UserId, AuthError> {
     let stored = stored.ok_or(AuthError::UnknownSession)?;
-    let user = stored.sess.and_then(session::passport_user);
+    let user = stored.user.cloned();
     if !session::is_live(stored.expire_at, now) {
         return Err(AuthError::ExpiredSession { user });
     }
@@ -147,7 +148,7 @@ impl Authenticator {
             .map_err(|e| fail(AuthError::StoreUnavailable(e)))?;
         let facts = stored.as_ref().map(|s| SessionFacts {
             expire_at: s.expire_at,
-            sess: s.sess.as_ref(),
+            user: s.user.as_ref(),
             guest_locked: s.guest_lock.is_some(),
         });
         let user_id = decide(facts, now).map_err(fail)?;
@@ -164,7 +165,6 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use proptest::prelude::*;
-    use serde_json::json;
 
     fn at(secs: i64, micros: u32) -> DateTime<Utc> {
         Utc.timestamp_opt(secs, micros * 1000).unwrap()
@@ -175,20 +175,19 @@ mod tests {
         let now = at(1_000, 0);
         let live = at(2_000, 0);
         let dead = at(999, 0);
-        let user = json!({"passport": {"user": 7}});
-        let nobody = json!({"cookie": {}});
+        let seven = UserId::new("7");
+        let (user, nobody) = (Some(&seven), None);
         fn facts(
             expire_at: DateTime<Utc>,
-            sess: &Json,
+            user: Option<&UserId>,
             guest_locked: bool,
         ) -> Option<SessionFacts<'_>> {
             Some(SessionFacts {
                 expire_at,
-                sess: Some(sess),
+                user,
                 guest_locked,
             })
         }
-        let (user, nobody) = (&user, &nobody);
         assert!(matches!(decide(None, now), Err(AuthError::UnknownSession)));
         // Expired wins over a missing user and over a lock, and keeps the user.
         assert!(matches!(
@@ -209,13 +208,10 @@ mod tests {
             Err(AuthError::GuestLocked { user }) if user.as_str() == "7"
         ));
         assert_eq!(decide(facts(live, user, false), now).unwrap().as_str(), "7");
-        // Unparseable JSON (sess None) is nobody logged in.
-        let none = Some(SessionFacts {
-            expire_at: live,
-            sess: None,
-            guest_locked: false,
-        });
-        assert!(matches!(decide(none, now), Err(AuthError::NotLoggedIn)));
+        assert!(matches!(
+            decide(facts(live, nobody, false), now),
+            Err(AuthError::NotLoggedIn)
+        ));
     }
 
     proptest! {
@@ -232,9 +228,10 @@ mod tests {
             logged_in in any::<bool>(),
             locked in any::<bool>(),
         ) {
-            let sess = if logged_in { json!({"passport": {"user": "u1"}}) } else { json!({}) };
+            let u1 = UserId::new("u1");
+            let user = logged_in.then_some(&u1);
             let (expire_at, now) = (at(expire, expire_us), at(now, now_us));
-            let facts = exists.then_some(SessionFacts { expire_at, sess: Some(&sess), guest_locked: locked });
+            let facts = exists.then_some(SessionFacts { expire_at, user, guest_locked: locked });
             let verdict = decide(facts, now);
             let live = session::is_live(expire_at, now);
             prop_assert_eq!(verdict.is_ok(), exists && live && logged_in && !locked);

@@ -100,33 +100,36 @@ impl Dialect {
         }
     }
 
-    /// The rows of `sids`: columns `sid`, `sess` (text), `expire_at` (read
-    /// with [`Self::expire_at`]) and the store's `guest_lock` column. One
-    /// statement text for any number of ids (an array on PostgreSQL, a JSON
-    /// array on SQLite), so one prepared statement serves every batch.
-    pub fn load_many(
-        self,
-        table: &str,
-        guest_lock: &str,
-        sids: &[String],
-        zone: &str,
-    ) -> Statement {
+    /// The text of [`Self::load_many`]: columns `sid`, `sess` (text),
+    /// `expire_at` (read with [`Self::expire_at`]) and `guest_lock`, the
+    /// column given. One text for any number of ids (an array on
+    /// PostgreSQL, a JSON array on SQLite), so one prepared statement
+    /// serves every batch; the store makes it once.
+    pub fn load_many_text(self, table: &str, guest_lock: &str) -> String {
+        match self {
+            Self::Postgres => format!(
+                "SELECT sid, sess::text AS sess, {}, {guest_lock} \
+                 FROM {table} WHERE sid = ANY($1)",
+                pg_expire_at("$2"),
+            ),
+            Self::Sqlite => format!(
+                "SELECT sid, sess AS sess, expire AS expire_at, {guest_lock} FROM {table} \
+                 WHERE sid IN (SELECT CAST(value AS TEXT) FROM json_each(?))"
+            ),
+        }
+    }
+
+    /// The rows of `sids`, by `text` from [`Self::load_many_text`].
+    pub fn load_many(self, text: &str, sids: &[String], zone: &str) -> Statement {
         match self {
             Self::Postgres => Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                format!(
-                    "SELECT sid, sess::text AS sess, {}, {guest_lock} \
-                     FROM {table} WHERE sid = ANY($1)",
-                    pg_expire_at("$2"),
-                ),
+                text,
                 [pg_text_array(sids.iter().map(String::as_str)), zone.into()],
             ),
             Self::Sqlite => Statement::from_sql_and_values(
                 DbBackend::Sqlite,
-                format!(
-                    "SELECT sid, sess AS sess, expire AS expire_at, {guest_lock} FROM {table} \
-                     WHERE sid IN (SELECT CAST(value AS TEXT) FROM json_each(?))"
-                ),
+                text,
                 [serde_json::to_string(sids)
                     .expect("strings serialize")
                     .into()],
@@ -391,12 +394,8 @@ mod tests {
     #[test]
     fn postgres_names_the_zone_in_every_expire_it_reads_or_writes() {
         let sids = ["s1".to_owned(), "s2".to_owned()];
-        let load = Dialect::Postgres.load_many(
-            "\"session\"",
-            "NULL AS guest_lock",
-            &sids,
-            "Europe/Berlin",
-        );
+        let text = Dialect::Postgres.load_many_text("\"session\"", "NULL AS guest_lock");
+        let load = Dialect::Postgres.load_many(&text, &sids, "Europe/Berlin");
         assert!(
             load.sql.contains("AT TIME ZONE $2) AS expire_at"),
             "{}",
@@ -444,12 +443,8 @@ mod tests {
 
     #[test]
     fn sqlite_binds_utc_wall_clock_and_no_zone() {
-        let load = Dialect::Sqlite.load_many(
-            "\"session\"",
-            "NULL AS guest_lock",
-            &["s1".to_owned()],
-            "Europe/Berlin",
-        );
+        let text = Dialect::Sqlite.load_many_text("\"session\"", "NULL AS guest_lock");
+        let load = Dialect::Sqlite.load_many(&text, &["s1".to_owned()], "Europe/Berlin");
         assert_eq!(
             load.sql,
             "SELECT sid, sess AS sess, expire AS expire_at, NULL AS guest_lock FROM \"session\" \

@@ -10,6 +10,7 @@ pub(crate) mod dialect;
 pub(crate) mod lookup;
 pub(crate) mod mint;
 pub(crate) mod rules;
+pub(crate) mod sess;
 pub(crate) mod signature;
 pub(crate) mod store;
 

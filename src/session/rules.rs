@@ -36,9 +36,16 @@ impl fmt::Display for UserId {
 /// `sess.passport.user`, read the way passport reads it: a number (0
 /// included), a non-empty string, or an object carrying such an `id`
 /// (passport's own example serializes `{id, username}`). A missing or empty
-/// `passport` (what logout leaves) means nobody is logged in.
+/// `passport` (what logout leaves) means nobody is logged in. The server
+/// reads it straight from the text (`session::sess`); this reading of the
+/// whole tree is what that is tested against.
+#[cfg(test)]
 pub fn passport_user(sess: &Value) -> Option<UserId> {
-    let user = sess.get("passport")?.get("user")?;
+    user_in(sess.get("passport")?.get("user")?)
+}
+
+/// The user id in passport's `user` value: see `passport_user`.
+pub fn user_in(user: &Value) -> Option<UserId> {
     id_of(user).or_else(|| user.as_object().and_then(|o| o.get("id")).and_then(id_of))
 }
 

@@ -37,8 +37,9 @@ impl From<DbErr> for StoreError {
 #[derive(Debug, Clone)]
 pub struct StoredSession {
     pub sid: String,
-    /// `None` when the stored JSON does not parse (nobody is logged in).
-    pub sess: Option<Json>,
+    /// `sess.passport.user`: `None` when nobody is logged in, or the
+    /// stored text is not JSON.
+    pub user: Option<crate::session::rules::UserId>,
     /// `expire` as the instant the Node app means by it.
     pub expire_at: DateTime<Utc>,
     /// The lock reason when the session's user is a soft-locked guest.
@@ -71,6 +72,8 @@ pub struct SessionStore {
     tables: Option<Arc<Tables>>,
     /// Concurrent handshakes' lookups, shared by every clone.
     lookups: Arc<Lookups<StoredSession, StoreError>>,
+    /// The text of their statement, the same for every batch.
+    load_text: Arc<str>,
 }
 
 impl SessionStore {
@@ -83,13 +86,18 @@ impl SessionStore {
         tables: Option<Arc<Tables>>,
     ) -> Self {
         let dialect = Dialect::of(db.conn.get_database_backend());
+        let table = quoted_table(dialect.schema(schema), table);
+        let load_text = dialect
+            .load_many_text(&table, &guest_lock_column(dialect, tables.as_deref()))
+            .into();
         Self {
             dialect,
-            table: quoted_table(dialect.schema(schema), table),
+            table,
             zone: db.session_zone.clone().unwrap_or_else(|| "UTC".to_owned()),
             db: db.conn.clone(),
             tables,
             lookups: Arc::default(),
+            load_text,
         }
     }
 
@@ -136,12 +144,9 @@ impl SessionStore {
         if self.dialect.json_skips_nul_escape()
             && stored.guest_lock.is_none()
             && stored.raw_nul
-            && let Some(user) = stored
-                .sess
-                .as_ref()
-                .and_then(crate::session::rules::passport_user)
+            && let Some(user) = &stored.user
         {
-            stored.guest_lock = self.guest_lock_of(&user).await?;
+            stored.guest_lock = self.guest_lock_of(user).await?;
         }
         Ok(Some(stored))
     }
@@ -178,9 +183,7 @@ impl SessionStore {
         conn: &mut Held,
         sids: &[String],
     ) -> Result<Vec<StoredSession>, StoreError> {
-        let stmt = self
-            .dialect
-            .load_many(&self.table, &self.guest_lock_column(), sids, &self.zone);
+        let stmt = self.dialect.load_many(&self.load_text, sids, &self.zone);
         let rows = conn.query_all(stmt).await?;
         rows.iter().map(|row| self.decode(row)).collect()
     }
@@ -192,7 +195,7 @@ impl SessionStore {
         Ok(StoredSession {
             sid,
             raw_nul: sess.contains(NUL_ESCAPE),
-            sess: serde_json::from_str(&sess).ok(),
+            user: crate::session::sess::read(&sess).user,
             expire_at,
             guest_lock: row.try_get("", "guest_lock")?,
         })
@@ -229,30 +232,28 @@ pub struct SessionCheck {
     pub original_max_age_ms: Option<f64>,
 }
 
-impl SessionStore {
-    /// A column `guest_lock`: the lock reason (or `''`) when the row's
-    /// `sess.passport.user` (or its `id`) is a soft-locked guest, else NULL.
-    /// Read in the same query as the session, so a handshake stays one round
-    /// trip. Malformed `sess` reads as no user rather than failing the query.
-    fn guest_lock_column(&self) -> String {
-        let Some(tables) = &self.tables else {
-            return "CAST(NULL AS TEXT) AS guest_lock".to_owned();
-        };
-        let backend = self.dialect.backend();
-        let user = self.dialect.sess_text_at(&["passport", "user"]);
-        let user_id = self.dialect.sess_text_at(&["passport", "user", "id"]);
-        let kind = tables.guests.user_id.id_kind();
-        format!(
-            "(SELECT {reason} FROM {table} g WHERE g.{locked} IS TRUE \
-               AND g.{user_col} IN ({a}, {b}) LIMIT 1) AS guest_lock",
-            reason = lock_reason_expr(tables),
-            table = tables.guests.table,
-            locked = tables.guests.soft_locked.q,
-            user_col = tables.guests.user_id.q,
-            a = as_id(backend, kind, &user),
-            b = as_id(backend, kind, &user_id),
-        )
-    }
+/// A column `guest_lock`: the lock reason (or `''`) when the row's
+/// `sess.passport.user` (or its `id`) is a soft-locked guest, else NULL.
+/// Read in the same query as the session, so a handshake stays one round
+/// trip. Malformed `sess` reads as no user rather than failing the query.
+fn guest_lock_column(dialect: Dialect, tables: Option<&Tables>) -> String {
+    let Some(tables) = tables else {
+        return "CAST(NULL AS TEXT) AS guest_lock".to_owned();
+    };
+    let backend = dialect.backend();
+    let user = dialect.sess_text_at(&["passport", "user"]);
+    let user_id = dialect.sess_text_at(&["passport", "user", "id"]);
+    let kind = tables.guests.user_id.id_kind();
+    format!(
+        "(SELECT {reason} FROM {table} g WHERE g.{locked} IS TRUE \
+           AND g.{user_col} IN ({a}, {b}) LIMIT 1) AS guest_lock",
+        reason = lock_reason_expr(tables),
+        table = tables.guests.table,
+        locked = tables.guests.soft_locked.q,
+        user_col = tables.guests.user_id.q,
+        a = as_id(backend, kind, &user),
+        b = as_id(backend, kind, &user_id),
+    )
 }
 
 /// The lock reason of guest row `g`, `''` when none is kept.
@@ -286,14 +287,12 @@ impl SessionStore {
             let sess: String = row.try_get("", "sess")?;
             // As the handshake reads it (`load`): text that is not JSON
             // names no user.
-            let sess = serde_json::from_str::<Json>(&sess).ok();
+            let facts = crate::session::sess::read(&sess);
             checks.push(SessionCheck {
                 sid: row.try_get("", "sid")?,
                 expire_at: self.dialect.expire_at(row)?,
-                user: sess.as_ref().and_then(crate::session::rules::passport_user),
-                original_max_age_ms: sess
-                    .as_ref()
-                    .and_then(crate::session::rules::original_max_age),
+                user: facts.user,
+                original_max_age_ms: facts.original_max_age_ms,
             });
         }
         Ok(checks)
