@@ -12,7 +12,8 @@
 //! Knobs: BENCH_HANDSHAKES (5000), BENCH_CONCURRENCY (32), BENCH_IDLE
 //! (10000 websocket sockets held), BENCH_IDLE_POLLING (2000 long-polling
 //! sockets held), BENCH_ONLY (`handshakes`, `idle` or `polling`: one part
-//! of the run); DATABASE_URL names the PostgreSQL server (default the local
+//! of the run), BENCH_TRANSPORT (`websocket` or `polling`: the handshakes
+//! over one transport only); DATABASE_URL names the PostgreSQL server (default the local
 //! `test` database). Writes target/bench-results/handshake.json.
 
 mod support;
@@ -342,7 +343,13 @@ async fn main() {
             "DB tx/hs",
             "hs/stmt"
         );
-        for transport in [Transport::Websocket, Transport::Polling] {
+        let transports = [Transport::Websocket, Transport::Polling];
+        let chosen = std::env::var("BENCH_TRANSPORT").ok();
+        for transport in transports.into_iter().filter(|t| {
+            chosen
+                .as_deref()
+                .is_none_or(|c| format!("{t:?}").eq_ignore_ascii_case(c))
+        }) {
             let sockgate = Server::start(&db.url, &[]).await;
             let ceiling = Server::start_ceiling().await;
             // Warm both (first-connection allocations, prepared statements).
