@@ -4,7 +4,7 @@
 //! handshake reads every session it authenticates, and the tree (a map per
 //! object, a string per key and value) was most of what reading cost.
 //!
-//! Reads what [`rules::passport_user`] and [`rules::original_max_age`]
+//! Reads what `rules::passport_user` and `rules::original_max_age`
 //! read of `serde_json::from_str::<Value>(text)`, for every text that
 //! parses (a property test holds them to it): a duplicate key counts by its
 //! last value, as `JSON.parse` does, and a value of the wrong type means the
