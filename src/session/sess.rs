@@ -45,7 +45,7 @@ pub fn read(text: &str) -> SessFacts {
 
 /// The fields of one JSON object that are kept; every other key, and
 /// every value of a kind that is not an object, is skipped unread.
-trait Pick: Default {
+trait Pick {
     /// Reads the value of `key` (kept or skipped) from `map`.
     fn field<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error>;
 }
@@ -57,22 +57,30 @@ struct Top {
     max_age: Option<Value>,
 }
 
-/// `passport`: its `user`, kept whole (a number, a string or a small
-/// object).
-#[derive(Default)]
-struct Passport(Option<Value>);
+/// One key of an object, its value kept whole: `passport.user` (a number,
+/// a string or a small object) or `cookie.originalMaxAge`.
+struct One {
+    key: &'static str,
+    value: Option<Value>,
+}
 
-/// `cookie`: its `originalMaxAge`.
-#[derive(Default)]
-struct Cookie(Option<Value>);
+impl One {
+    fn new(key: &'static str) -> Self {
+        Self { key, value: None }
+    }
+}
 
 impl Pick for Top {
     fn field<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
         match key {
             // A later `passport` replaces an earlier one whole, even when it
             // holds no user.
-            "passport" => self.user = map.next_value_seed(Object::<Passport>::new())?.0,
-            "cookie" => self.max_age = map.next_value_seed(Object::<Cookie>::new())?.0,
+            "passport" => self.user = map.next_value_seed(Object(One::new("user")))?.value,
+            "cookie" => {
+                self.max_age = map
+                    .next_value_seed(Object(One::new("originalMaxAge")))?
+                    .value
+            }
             _ => {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -81,45 +89,26 @@ impl Pick for Top {
     }
 }
 
-impl Pick for Passport {
+impl Pick for One {
     fn field<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
-        match key {
-            "user" => self.0 = Some(map.next_value()?),
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+        if key == self.key {
+            self.value = Some(map.next_value()?);
+        } else {
+            map.next_value::<IgnoredAny>()?;
         }
         Ok(())
     }
 }
 
-impl Pick for Cookie {
-    fn field<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
-        match key {
-            "originalMaxAge" => self.0 = Some(map.next_value()?),
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Reads a value as a `P` when it is an object, as `P::default()` when it
-/// is anything else.
-struct Object<P>(std::marker::PhantomData<P>);
-
-impl<P> Object<P> {
-    fn new() -> Self {
-        Self(std::marker::PhantomData)
-    }
-}
+/// Reads a value into the `P` it starts with when it is an object, and
+/// leaves that `P` as it was when it is anything else.
+struct Object<P>(P);
 
 impl<'de, P: Pick> DeserializeSeed<'de> for Object<P> {
     type Value = P;
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<P, D::Error> {
-        let mut picked = P::default();
+        let mut picked = self.0;
         de.deserialize_any(Fields(&mut picked))?;
         Ok(picked)
     }
