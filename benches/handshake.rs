@@ -13,7 +13,10 @@
 //! (10000 websocket sockets held), BENCH_IDLE_POLLING (2000 long-polling
 //! sockets held), BENCH_ONLY (`handshakes`, `idle` or `polling`: one part
 //! of the run), BENCH_TRANSPORT (`websocket` or `polling`: the handshakes
-//! over one transport only); DATABASE_URL names the PostgreSQL server (default the local
+//! over one transport only), BENCH_CALLGRIND (`1`: both servers under
+//! valgrind's callgrind, and the handshakes also report the server's
+//! instructions per handshake, which repeat from run to run where CPU time
+//! does not; the times are then meaningless); DATABASE_URL names the PostgreSQL server (default the local
 //! `test` database). Writes target/bench-results/handshake.json.
 
 mod support;
@@ -40,6 +43,8 @@ struct Run {
     wall: Duration,
     latencies: Vec<Duration>,
     server_cpu: Duration,
+    /// Server instructions over the run (`BENCH_CALLGRIND`).
+    server_instructions: Option<u64>,
     client_cpu: Duration,
     db_xacts: Option<f64>,
     /// Handshakes per session lookup statement (sockgate's /metrics).
@@ -58,6 +63,10 @@ impl Run {
     fn server_cpu_ms(&self) -> f64 {
         self.server_cpu.as_secs_f64() * 1000.0 / self.handshakes as f64
     }
+    fn server_instructions(&self) -> Option<f64> {
+        self.server_instructions
+            .map(|i| i as f64 / self.handshakes as f64)
+    }
     fn client_cpu_ms(&self) -> f64 {
         self.client_cpu.as_secs_f64() * 1000.0 / self.handshakes as f64
     }
@@ -70,6 +79,7 @@ impl Run {
             "p99_ms": self.pct(0.99),
             "server_cpu_ms_per_handshake": self.server_cpu_ms(),
             "client_cpu_ms_per_handshake": self.client_cpu_ms(),
+            "server_instructions_per_handshake": self.server_instructions(),
             "db_transactions_per_handshake": self.db_xacts,
             "lookups_per_statement": self.per_statement,
         })
@@ -120,6 +130,7 @@ async fn run(
     };
     let sem = std::sync::Arc::new(Semaphore::new(concurrency));
     let addr: SocketAddr = server.addr;
+    server.zero_instructions();
     let (cpu0, client0, started) = (server.cpu_time(), own_cpu(), Instant::now());
     let mut tasks = Vec::with_capacity(cookies.len());
     for cookie in cookies {
@@ -162,6 +173,7 @@ async fn run(
         server.cpu_time().saturating_sub(cpu0),
         own_cpu().saturating_sub(client0),
     );
+    let server_instructions = server.instructions();
     latencies.sort();
     let handshakes = latencies.len();
     let db_xacts = match (db, xacts_before) {
@@ -186,6 +198,7 @@ async fn run(
         wall,
         latencies,
         server_cpu,
+        server_instructions,
         client_cpu,
         db_xacts,
         per_statement,
@@ -371,12 +384,20 @@ async fn main() {
                     r.per_statement.map_or("-".into(), |x| format!("{x:.1}"))
                 );
             }
-            let ratios = serde_json::json!({
+            let mut ratios = serde_json::json!({
                 "rate": auth.rate() / bare.rate(),
                 "server_cpu": auth.server_cpu_ms() / bare.server_cpu_ms(),
                 "p50": auth.pct(0.5) / bare.pct(0.5),
                 "p99": auth.pct(0.99) / bare.pct(0.99),
             });
+            if let (Some(a), Some(b)) = (auth.server_instructions(), bare.server_instructions()) {
+                println!(
+                    "{:<10} server instructions per handshake (callgrind): sockgate {a:.0}, ceiling {b:.0}, ratio {:.3}",
+                    "",
+                    a / b
+                );
+                ratios["server_instructions"] = (a / b).into();
+            }
             println!(
                 "{:<10} {:<9} {:>10.2} {:>8.2} {:>8.2} {:>13.2}   (sockgate / ceiling)",
                 "",

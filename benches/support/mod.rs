@@ -11,6 +11,7 @@ mod unlimited_env;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -142,6 +143,46 @@ pub async fn pg_client(url: &str) -> tokio_postgres::Client {
 pub struct Server {
     pub addr: SocketAddr,
     child: Child,
+    /// Where callgrind writes this server's dumps, when it runs under it.
+    callgrind: Option<PathBuf>,
+}
+
+/// `BENCH_CALLGRIND=1`: the servers run under valgrind's callgrind, and a
+/// run also reports the server's instructions per handshake. Those counts
+/// repeat from run to run of one build, where CPU time on a shared virtual
+/// machine moves by tens of per cent; they count user space only (the
+/// kernel's side of a syscall is not in them), and under valgrind the
+/// times and latencies mean nothing.
+fn callgrind_dir() -> Option<PathBuf> {
+    std::env::var_os("BENCH_CALLGRIND")
+        .filter(|v| !v.is_empty() && v != "0")
+        .map(|_| {
+            std::env::temp_dir().join(format!("sockgate-bench-callgrind-{}", std::process::id()))
+        })
+}
+
+/// `cmd`, run under callgrind writing into `dir`.
+fn under_callgrind(cmd: &Command, dir: &Path) -> Command {
+    let mut wrapped = Command::new("valgrind");
+    wrapped
+        .arg("--tool=callgrind")
+        .arg("--quiet")
+        // Each dump names its functions in full, so that one run's dump
+        // reads on its own (`callgrind_annotate`).
+        .arg("--compress-strings=no")
+        .arg(format!(
+            "--callgrind-out-file={}/callgrind.%p",
+            dir.display()
+        ))
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped
 }
 
 impl Server {
@@ -183,7 +224,15 @@ impl Server {
     }
 
     /// Starts `cmd` and waits until it listens on `addr`.
-    async fn spawn(mut cmd: Command, addr: SocketAddr, what: &str) -> Server {
+    async fn spawn(cmd: Command, addr: SocketAddr, what: &str) -> Server {
+        let callgrind = callgrind_dir();
+        let mut cmd = match &callgrind {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).expect("the callgrind dump directory");
+                under_callgrind(&cmd, dir)
+            }
+            None => cmd,
+        };
         // The server logs to stdout: shown only when asked for.
         let logs = if std::env::var_os("BENCH_SERVER_LOG").is_some() {
             Stdio::inherit()
@@ -195,8 +244,14 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-        let server = Server { addr, child };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let server = Server {
+            addr,
+            child,
+            callgrind,
+        };
+        // Valgrind translates the whole binary before it runs.
+        let deadline =
+            Instant::now() + Duration::from_secs(30 * (1 + 3 * server.callgrind.is_some() as u64));
         while tokio::net::TcpStream::connect(addr).await.is_err() {
             assert!(Instant::now() < deadline, "{what} did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -206,6 +261,53 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sets the server's callgrind counters to zero (under
+    /// `BENCH_CALLGRIND`; otherwise nothing).
+    pub fn zero_instructions(&self) {
+        if self.callgrind.is_some() {
+            self.callgrind_control("--zero");
+        }
+    }
+
+    /// Instructions the server ran since its counters were last zeroed,
+    /// under `BENCH_CALLGRIND`: callgrind dumps them, and the dump's
+    /// summary line is read back.
+    pub fn instructions(&self) -> Option<u64> {
+        let dir = self.callgrind.as_ref()?;
+        self.callgrind_control("--dump");
+        // Dumps are numbered callgrind.<pid>.1, .2, ...: the newest.
+        let prefix = format!("callgrind.{}.", self.pid());
+        let newest = std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let n: u64 = name.strip_prefix(&prefix)?.parse().ok()?;
+                Some((n, e.path()))
+            })
+            .max()?
+            .1;
+        let dump = std::fs::read_to_string(newest).ok()?;
+        dump.lines()
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    fn callgrind_control(&self, action: &str) {
+        let status = Command::new("callgrind_control")
+            .arg(action)
+            .arg(self.pid().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("callgrind_control (valgrind's)");
+        assert!(status.success(), "callgrind_control {action} failed");
     }
 
     /// How the server process ended, or `None` while it runs.
