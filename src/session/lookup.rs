@@ -130,7 +130,10 @@ impl<R: Keyed, E: Clone + Send + 'static> Lookups<R, E> {
             self.looked_up
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             self.statements.fetch_add(1, Ordering::Relaxed);
-            let (back, fetched) = fetch(source, keys).await;
+            // Boxed: the statement's future (the driver's, some KiB) would
+            // otherwise sit inline in this run's, which `tokio::spawn` copies
+            // more than once for every run it starts.
+            let (back, fetched) = Box::pin(fetch(source, keys)).await;
             source = back;
             match fetched {
                 Ok(rows) => {
