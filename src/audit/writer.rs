@@ -7,6 +7,7 @@
 //! is counted as dropped and the count is reported, never silently lost.
 //! Knows nothing of what an event means; only `audit::event` makes rows.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -60,7 +61,10 @@ pub struct AuditEvent {
     pub session_ref: Option<String>,
     pub reason: Option<String>,
     pub client_ip: Option<String>,
-    pub headers: Option<Json>,
+    /// The audited request headers, as the JSON object text
+    /// [`audit_headers`] renders: rendered once, where weighing the event
+    /// for the queue and writing its row each rendered the map again.
+    pub headers: Option<String>,
     pub details: Option<Json>,
 }
 
@@ -96,10 +100,11 @@ pub const AUDITED_HEADERS: [&str; 6] = [
 const MAX_HEADER_VALUE: usize = 256;
 const MAX_VALUES_PER_HEADER: usize = 4;
 
-/// The audited headers of a request as JSON (a string, or an array when
-/// the header repeats), values cut to 256 characters, at most 4 values a
-/// header; `referer` without its query or fragment (they can carry tokens).
-pub fn audit_headers(headers: &HeaderMap) -> Json {
+/// The audited headers of a request as the text of a JSON object (a
+/// string, or an array when the header repeats), values cut to 256
+/// characters, at most 4 values a header; `referer` without its query or
+/// fragment (they can carry tokens).
+pub fn audit_headers(headers: &HeaderMap) -> String {
     let mut out = Map::new();
     for name in AUDITED_HEADERS {
         let mut values: Vec<Json> = headers
@@ -126,7 +131,7 @@ pub fn audit_headers(headers: &HeaderMap) -> Json {
             }
         }
     }
-    Json::Object(out)
+    Json::Object(out).to_string()
 }
 
 impl AuditEvent {
@@ -141,7 +146,7 @@ impl AuditEvent {
             + text(&self.session_ref)
             + text(&self.reason)
             + text(&self.client_ip)
-            + json(&self.headers)
+            + text(&self.headers)
             + json(&self.details)
     }
 }
@@ -337,7 +342,7 @@ struct Row<'a> {
     reason: Option<&'a str>,
     client_ip: Option<&'a str>,
     session_ref: Option<&'a str>,
-    headers: Option<String>,
+    headers: Option<&'a str>,
     details: Option<String>,
 }
 
@@ -380,10 +385,13 @@ impl<'a> Row<'a> {
         let client_ip = own(&a.ip, "client_ip", &event.client_ip);
         let session_ref = own(&a.session_ref, "session_ref", &event.session_ref);
         let headers = match &a.headers {
-            Some(_) => event.headers.as_ref().map(Json::to_string),
+            Some(_) => event.headers.as_deref(),
             None => {
                 if let Some(headers) = &event.headers {
-                    extra.insert("headers".to_owned(), headers.clone());
+                    // The object again, as it was before it was rendered.
+                    let object = serde_json::from_str(headers)
+                        .unwrap_or_else(|_| Json::String(headers.clone()));
+                    extra.insert("headers".to_owned(), object);
                 }
                 None
             }
@@ -420,23 +428,28 @@ fn at_value(tables: &Tables, at: DateTime<Utc>) -> At {
 /// The event's details with the fields that have no column of their own.
 /// An app's table gets an object even when there is nothing to say, as
 /// its column may be NOT NULL.
-fn details_with(details: Option<&Json>, extra: Map<String, Json>, own: bool) -> Option<Json> {
+fn details_with(
+    details: Option<&Json>,
+    extra: Map<String, Json>,
+    own: bool,
+) -> Option<Cow<'_, Json>> {
     match details {
         None if extra.is_empty() && own => None,
-        Some(details) if extra.is_empty() => Some(details.clone()),
+        // The event's own details, as they are (no copy to write them).
+        Some(details) if extra.is_empty() => Some(Cow::Borrowed(details)),
         Some(Json::Object(map)) => {
             let mut map = map.clone();
             for (k, v) in extra {
                 map.entry(k).or_insert(v);
             }
-            Some(Json::Object(map))
+            Some(Cow::Owned(Json::Object(map)))
         }
         Some(other) => {
             let mut map = extra;
             map.insert("details".to_owned(), other.clone());
-            Some(Json::Object(map))
+            Some(Cow::Owned(Json::Object(map)))
         }
-        None => Some(Json::Object(extra)),
+        None => Some(Cow::Owned(Json::Object(extra))),
     }
 }
 
@@ -708,7 +721,7 @@ mod tests {
         event.session_ref = Some(format!("ref-{i}"));
         event.reason = Some("cookie \"quoted\" \u{1e}".into());
         event.client_ip = Some("127.0.0.1".into());
-        event.headers = Some(serde_json::json!({ "user-agent": "bench" }));
+        event.headers = Some(serde_json::json!({ "user-agent": "bench" }).to_string());
         event.details = Some(serde_json::json!({ "i": i }));
         event
     }
@@ -768,8 +781,8 @@ mod tests {
             let name = http::HeaderName::try_from(format!("x-junk-{i}")).unwrap();
             h.append(name, "v".parse().unwrap());
         }
-        let json = audit_headers(&h);
-        let text = json.to_string();
+        let text = audit_headers(&h);
+        let json: Json = serde_json::from_str(&text).unwrap();
         assert!(!text.contains("secret") && !text.contains("abc") && !text.contains("junk"));
         assert_eq!(json["user-agent"], "test");
         assert_eq!(json["referer"], "https://app.example/page");
