@@ -216,8 +216,7 @@ pub fn new_session_json(user: &UserId, now: DateTime<Utc>, ttl: Duration) -> (i6
 /// A short one-way fingerprint of a session id, for logs and audit rows:
 /// enough to correlate events, useless as a credential.
 pub fn fingerprint(sid: &str) -> String {
-    let digest = Sha256::digest(sid.as_bytes());
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&Sha256::digest(sid.as_bytes())[..6])
 }
 
 #[cfg(test)]
@@ -226,6 +225,15 @@ mod tests {
     use chrono::TimeZone;
     use proptest::prelude::*;
     use serde_json::json;
+
+    /// The app sees this reference (audit rows, the proxy's calls): its
+    /// spelling is part of the contract.
+    #[test]
+    fn fingerprint_is_the_first_six_bytes_of_sha256_in_lowercase_hex() {
+        // SHA-256("abc") = ba7816bf 8f01cfea ...
+        assert_eq!(fingerprint("abc"), "ba7816bf8f01");
+        assert_eq!(fingerprint(""), "e3b0c44298fc");
+    }
 
     #[test]
     fn passport_user_forms() {
