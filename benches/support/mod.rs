@@ -250,8 +250,8 @@ impl Server {
             callgrind,
         };
         // Valgrind translates the whole binary before it runs.
-        let deadline =
-            Instant::now() + Duration::from_secs(30 * (1 + 3 * server.callgrind.is_some() as u64));
+        let startup = if server.callgrind.is_some() { 120 } else { 30 };
+        let deadline = Instant::now() + Duration::from_secs(startup);
         while tokio::net::TcpStream::connect(addr).await.is_err() {
             assert!(Instant::now() < deadline, "{what} did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
