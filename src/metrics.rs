@@ -48,6 +48,8 @@ pub struct MetricSet {
     pub audit_written: Gauge,
     pub session_lookups: Gauge,
     pub session_lookup_statements: Gauge,
+    pub session_lookups_early: Counter,
+    pub session_lookups_stale: Counter,
     pub db_pool_open: Gauge,
     pub db_pool_idle: Gauge,
     pub db_pool_max: Gauge,
@@ -89,6 +91,8 @@ impl Metrics {
             audit_written: Gauge::default(),
             session_lookups: Gauge::default(),
             session_lookup_statements: Gauge::default(),
+            session_lookups_early: Counter::default(),
+            session_lookups_stale: Counter::default(),
             db_pool_open: Gauge::default(),
             db_pool_idle: Gauge::default(),
             db_pool_max: Gauge::default(),
@@ -182,6 +186,16 @@ impl Metrics {
             "session_lookup_statements",
             "Statements that answered the session lookups (lookups that arrive together share one)",
             m.session_lookup_statements.clone(),
+        );
+        r.register(
+            "session_lookups_early",
+            "Handshake lookups started when the engine.io session opened, before its CONNECT",
+            m.session_lookups_early.clone(),
+        );
+        r.register(
+            "session_lookups_stale",
+            "Early lookups not used: the CONNECT came too long after the open, so the session was looked up again",
+            m.session_lookups_stale.clone(),
         );
         r.register(
             "audit_suppressed",

@@ -709,3 +709,126 @@ async fn audit_batches_share_one_statement_on(server: PgServer) {
         "one audit INSERT prepared for batches of every size: {inserts:?}"
     );
 }
+
+/// Waits until `/metrics` shows `name` at `want` (the lookup's statement is
+/// counted when it goes out, in a task of its own).
+async fn metric_reaches(env: &TestEnv, name: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = common::wire::metric(&env.url(), name).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed at {now}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A long-polling CONNECT on the engine.io session opened as `open`, and
+/// the packet that answers it (`40...` or `44...`).
+async fn polling_connect(env: &TestEnv, open: &serde_json::Value, cookie: &str) -> String {
+    let http = common::http();
+    let url = format!(
+        "{}/socket.io/?EIO=4&transport=polling&sid={}",
+        env.url(),
+        open["sid"].as_str().unwrap()
+    );
+    let posted = http
+        .post(&url)
+        .header("cookie", cookie)
+        .body("40")
+        .send()
+        .await
+        .unwrap();
+    assert!(posted.status().is_success());
+    let reply = http
+        .get(&url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let answer = reply
+        .split('\u{1e}')
+        .find(|p| p.starts_with("40") || p.starts_with("44"))
+        .unwrap_or_else(|| panic!("no answer to CONNECT in {reply:?}"))
+        .to_owned();
+    let _ = http.post(&url).body("1").send().await;
+    answer
+}
+
+// The session lookup starts when the engine.io session opens, and answers
+// the CONNECT that follows (still one lookup per handshake); a CONNECT that
+// comes more than EARLY_LOOKUP_FRESH after the open looks the session up
+// again, so a session that ended in between is refused.
+on_every_backend!(
+    the_lookup_starts_at_the_open_and_a_late_connect_looks_again,
+    |env: TestEnv| async move {
+        let (lookups, early, stale) = (
+            "sockgate_session_lookups",
+            "sockgate_session_lookups_early_total",
+            "sockgate_session_lookups_stale_total",
+        );
+        let base = env.url();
+        let addr = env.server.local_addr;
+        let header = |value: &str| format!("{}={value}", env.config.cookie_name);
+
+        // On time, long-polling: looked up before any CONNECT, then once only.
+        let minted = env.mint("46").await;
+        let open = common::wire::polling_open(&base, &header(&minted.cookie_value)).await;
+        metric_reaches(&env, lookups, 1.0).await;
+        assert_eq!(common::wire::metric(&base, early).await, 1.0);
+        let answer = polling_connect(&env, &open, &header(&minted.cookie_value)).await;
+        assert!(answer.starts_with("40{"), "{answer}");
+        // On time, websocket.
+        let ws = common::engine_io::open(&addr, &minted.cookie_value)
+            .await
+            .unwrap();
+        metric_reaches(&env, lookups, 2.0).await;
+        common::engine_io::join_namespace(ws).await.unwrap();
+        assert_eq!(common::wire::metric(&base, lookups).await, 2.0);
+        assert_eq!(common::wire::metric(&base, early).await, 2.0);
+        assert_eq!(common::wire::metric(&base, stale).await, 0.0);
+
+        // Late, long-polling: the session expires between the open and the
+        // CONNECT; the early answer (live) is not used.
+        let late = env.mint("47").await;
+        let ended = json!({"cookie": {"path": "/"}, "passport": {"user": "47"}});
+        let open = common::wire::polling_open(&base, &header(&late.cookie_value)).await;
+        metric_reaches(&env, lookups, 3.0).await;
+        env.write_session(&late.sid, &ended, now_secs() - 60).await;
+        tokio::time::sleep(sockgate::session::EARLY_LOOKUP_FRESH + Duration::from_millis(200))
+            .await;
+        let answer = polling_connect(&env, &open, &header(&late.cookie_value)).await;
+        assert!(
+            answer.starts_with("44") && answer.contains("Session expired"),
+            "{answer}"
+        );
+        assert_eq!(common::wire::metric(&base, lookups).await, 4.0);
+        assert_eq!(common::wire::metric(&base, stale).await, 1.0);
+        // Late, websocket: the same.
+        let late = env.mint("48").await;
+        let ws = common::engine_io::open(&addr, &late.cookie_value)
+            .await
+            .unwrap();
+        metric_reaches(&env, lookups, 5.0).await;
+        env.write_session(&late.sid, &ended, now_secs() - 60).await;
+        tokio::time::sleep(sockgate::session::EARLY_LOOKUP_FRESH + Duration::from_millis(200))
+            .await;
+        match common::engine_io::join_namespace(ws).await {
+            Err(common::engine_io::HandshakeError::Refused(packet)) => {
+                assert!(packet.contains("Session expired"), "{packet}")
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a session expired before a late CONNECT was accepted"),
+        }
+        assert_eq!(common::wire::metric(&base, lookups).await, 6.0);
+        assert_eq!(common::wire::metric(&base, stale).await, 2.0);
+        assert_eq!(common::wire::metric(&base, early).await, 4.0);
+    }
+);

@@ -106,6 +106,10 @@ fn stack<A: Adapter>(state: &AppState, socket_io: SocketIoLayer<A>, routes: Rout
         .layer(crate::http::origin_guard::cors(state.allowlist.clone()))
         .map_response(IntoResponse::into_response)
         .map_request(handshake_request::compact)
+        .map_request({
+            let state = state.clone();
+            move |req| crate::socket::early_lookup::start(&state, req)
+        })
         .layer(socket_io)
         // engine.io's response future is an enum one of whose variants is
         // the router's future (its request inline until called): boxed,

@@ -2,10 +2,13 @@
 //! stored session → expiry → logged-in user. Transport-agnostic; the socket
 //! layer feeds it headers and the `auth` payload.
 
+use std::time::Instant;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 
 use crate::session::cookie::{self as session_id, InvalidReason, SessionIdError, SessionIdSource};
+use crate::session::prefetch::Early;
 use crate::session::rules::{self as session, UserId};
 use crate::session::signature::Secrets;
 use crate::session::store::{SessionStore, StoreError};
@@ -139,11 +142,49 @@ impl Authenticator {
         creds: &Credentials<'_>,
         now: DateTime<Utc>,
     ) -> Result<Authenticated, (AuthError, Option<String>)> {
-        let (sid, source) = self.session_id(creds).map_err(|e| (e, None))?;
+        self.authenticate_early(creds, None, now).await
+    }
+
+    /// The lookup of the session a handshake's cookie names, started now
+    /// (`session::prefetch`). `None` when the cookie does not decide the
+    /// session id by itself (missing, empty or badly signed): the CONNECT
+    /// decides then, with its `auth` payload.
+    pub fn prefetch(&self, cookie_header: Option<&str>) -> Option<Early> {
+        let creds = Credentials {
+            cookie_header,
+            auth: None,
+        };
+        let (sid, source) = self.session_id(&creds).ok()?;
+        Some(Early {
+            pending: self.store.start_load(&sid),
+            sid,
+            source,
+            started: Instant::now(),
+        })
+    }
+
+    /// [`authenticate`](Self::authenticate), answered by `early` when it is
+    /// given: the lookup [`prefetch`](Self::prefetch) started for the
+    /// cookie `creds` carries (its id is that cookie's, so it is not read
+    /// again).
+    pub async fn authenticate_early(
+        &self,
+        creds: &Credentials<'_>,
+        early: Option<Early>,
+        now: DateTime<Utc>,
+    ) -> Result<Authenticated, (AuthError, Option<String>)> {
+        let (sid, source, pending) = match early {
+            Some(early) => (early.sid, early.source, early.pending),
+            None => {
+                let (sid, source) = self.session_id(creds).map_err(|e| (e, None))?;
+                let pending = self.store.start_load(&sid);
+                (sid, source, pending)
+            }
+        };
         let fail = |e: AuthError| (e, Some(sid.clone()));
         let stored = self
             .store
-            .load(&sid)
+            .finish_load(pending)
             .await
             .map_err(|e| fail(AuthError::StoreUnavailable(e)))?;
         let facts = stored.as_ref().map(|s| SessionFacts {

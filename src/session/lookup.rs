@@ -30,6 +30,17 @@ pub trait Keyed: Clone + Send + 'static {
 
 type Reply<R, E> = oneshot::Sender<Result<Option<R>, E>>;
 
+/// A queued lookup's answer, to be awaited later ([`Lookups::enqueue`]).
+pub struct Pending<R, E>(oneshot::Receiver<Result<Option<R>, E>>);
+
+impl<R, E> Pending<R, E> {
+    /// The row, or nothing; `None` when the run ended without answering
+    /// (it panicked).
+    pub async fn answer(self) -> Option<Result<Option<R>, E>> {
+        self.0.await.ok()
+    }
+}
+
 pub struct Lookups<R, E> {
     state: Mutex<State<R, E>>,
     /// Lookups sent to the store, and the statements that carried them:
@@ -83,18 +94,20 @@ impl<R, E> Lookups<R, E> {
 }
 
 impl<R: Keyed, E: Clone + Send + 'static> Lookups<R, E> {
-    /// The row of `key`, looked up alone or with others by `fetch` (the
-    /// rows of any number of keys, in one statement). A lookup that starts
-    /// a run of batches makes the run's `source` with `start`; `fetch` takes
-    /// it and hands it back with each batch's rows, so what it holds (a
-    /// connection) outlasts a batch and is dropped when the run ends.
-    /// `None` when the run ended without answering: it panicked.
-    pub async fn load<S, F, Fut>(
+    /// Queues the lookup of `key`'s row, alone or with others, by `fetch`
+    /// (the rows of any number of keys, in one statement), and starts its
+    /// statement if none is in flight; the answer is kept for whoever holds
+    /// the [`Pending`], and dropping it abandons the answer, not the batch.
+    /// A lookup that starts a run of batches makes the run's `source` with
+    /// `start`; `fetch` takes it and hands it back with each batch's rows,
+    /// so what it holds (a connection) outlasts a batch and is dropped when
+    /// the run ends.
+    pub fn enqueue<S, F, Fut>(
         self: &Arc<Self>,
         key: &str,
         start: impl FnOnce() -> S,
         fetch: F,
-    ) -> Option<Result<Option<R>, E>>
+    ) -> Pending<R, E>
     where
         S: Send + 'static,
         F: Fn(S, Vec<String>) -> Fut + Send + 'static,
@@ -109,7 +122,7 @@ impl<R: Keyed, E: Clone + Send + 'static> Lookups<R, E> {
         if let Some(batch) = batch {
             tokio::spawn(self.clone().run(batch, start(), fetch));
         }
-        rx.await.ok()
+        Pending(rx)
     }
 
     /// Runs `batch`, then whatever queued meanwhile, until nothing waits.
@@ -227,6 +240,22 @@ mod tests {
         assert_eq!(state.waiting[0].0, MAX_BATCH.to_string());
     }
 
+    /// Queued when first polled, as a handshake's lookup is.
+    async fn load<E, S, F, Fut>(
+        lookups: &Arc<Lookups<Row, E>>,
+        key: &str,
+        start: impl FnOnce() -> S,
+        fetch: F,
+    ) -> Option<Result<Option<Row>, E>>
+    where
+        E: Clone + Send + 'static,
+        S: Send + 'static,
+        F: Fn(S, Vec<String>) -> Fut + Send + 'static,
+        Fut: Future<Output = (S, Result<Vec<Row>, E>)> + Send + 'static,
+    {
+        lookups.enqueue(key, start, fetch).answer().await
+    }
+
     type Fetched = futures_util::future::BoxFuture<'static, (Run, Result<Vec<Row>, ()>)>;
 
     /// What a run of batches carries from one to the next: the statements
@@ -265,7 +294,7 @@ mod tests {
         };
         let keys: Vec<String> = (0..40).map(|i| (i % 30).to_string()).collect();
         let answers =
-            futures_util::future::join_all(keys.iter().map(|k| lookups.load(k, start, fetch)))
+            futures_util::future::join_all(keys.iter().map(|k| load(&lookups, k, start, fetch)))
                 .await;
         for (key, answer) in keys.iter().zip(answers) {
             let row = answer.expect("answered").expect("no error");
@@ -294,12 +323,12 @@ mod tests {
         };
         // Two batches in one run: "0" alone, then "1" twice, both queued
         // while the first was out, together.
-        let first = lookups.load("0", start, sent_before);
+        let first = load(&lookups, "0", start, sent_before);
         let later = async {
             tokio::time::sleep(Duration::from_millis(5)).await;
             futures_util::future::join(
-                lookups.load("1", start, sent_before),
-                lookups.load("1", start, sent_before),
+                load(&lookups, "1", start, sent_before),
+                load(&lookups, "1", start, sent_before),
             )
             .await
         };
@@ -312,7 +341,7 @@ mod tests {
         );
         assert_eq!(third, second);
         // The run is over; the next lookup starts one of its own.
-        let alone = lookups.load("0", start, sent_before).await;
+        let alone = load(&lookups, "0", start, sent_before).await;
         assert_eq!(alone, Some(Ok(Some(Row("0".into())))));
         assert_eq!(all.load(Ordering::SeqCst), 3);
     }
@@ -320,7 +349,8 @@ mod tests {
     #[tokio::test]
     async fn a_run_that_panics_lets_go_of_its_lookups_and_the_next_starts_afresh() {
         let lookups = Arc::new(Lookups::<Row, ()>::default());
-        let first = lookups.load(
+        let first = load(
+            &lookups,
             "boom",
             || (),
             |(), keys| async move {
@@ -331,9 +361,7 @@ mod tests {
         );
         let queued = async {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            lookups
-                .load("1", || (), |(), _| async { ((), Ok(Vec::new())) })
-                .await
+            load(&lookups, "1", || (), |(), _| async { ((), Ok(Vec::new())) }).await
         };
         let (first, queued) = tokio::time::timeout(
             Duration::from_secs(2),
@@ -345,7 +373,8 @@ mod tests {
         assert_eq!(queued, None, "the one waiting behind it");
         let after = tokio::time::timeout(
             Duration::from_secs(2),
-            lookups.load(
+            load(
+                &lookups,
                 "2",
                 || (),
                 |(), keys| async move { ((), Ok(keys.into_iter().map(Row).collect())) },
@@ -361,7 +390,8 @@ mod tests {
         let lookups = Arc::new(Lookups::<Row, &'static str>::default());
         let keys: Vec<String> = (0..5).map(|i| i.to_string()).collect();
         let answers = futures_util::future::join_all(keys.iter().map(|key| {
-            lookups.load(
+            load(
+                &lookups,
                 key,
                 || (),
                 |(), _keys| async {

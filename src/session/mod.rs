@@ -9,6 +9,7 @@ pub(crate) mod cookie;
 pub(crate) mod dialect;
 pub(crate) mod lookup;
 pub(crate) mod mint;
+pub(crate) mod prefetch;
 pub(crate) mod rules;
 pub(crate) mod sess;
 pub(crate) mod signature;
@@ -16,6 +17,7 @@ pub(crate) mod store;
 
 pub use cookie::{extract_session_id, parse_cookie};
 pub use mint::{Minted, cookie_value, mint_session, new_sid};
+pub use prefetch::FRESH as EARLY_LOOKUP_FRESH;
 pub use rules::{UserId, ceil_unix_seconds, fingerprint, new_session_json};
 pub use signature::{Secrets, sign, unsign};
 pub use store::SessionStore;

@@ -17,7 +17,7 @@ use crate::db::sql::{Sql, as_id};
 use crate::db::tables::Tables;
 pub use crate::session::dialect::Extension;
 use crate::session::dialect::{Dialect, NUL_ESCAPE};
-use crate::session::lookup::{Keyed, Lookups};
+use crate::session::lookup::{Keyed, Lookups, Pending};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +53,9 @@ impl Keyed for StoredSession {
         &self.sid
     }
 }
+
+/// A session lookup queued by [`SessionStore::start_load`], not yet read.
+pub struct PendingLoad(Pending<StoredSession, StoreError>);
 
 /// Every statement that reads or writes `expire` names the Node app's
 /// zone itself (`expire AT TIME ZONE $zone`, the zone a bound parameter),
@@ -117,25 +120,35 @@ impl SessionStore {
     /// One round trip, shared with the handshakes looked up beside it
     /// (`session::lookup`).
     pub async fn load(&self, sid: &str) -> Result<Option<StoredSession>, StoreError> {
+        self.finish_load(self.start_load(sid)).await
+    }
+
+    /// [`load`](Self::load)'s statement, queued now; its answer is read by
+    /// [`finish_load`](Self::finish_load), on this store or a clone.
+    pub fn start_load(&self, sid: &str) -> PendingLoad {
         // A run of batches keeps one connection (`db::held`): under load,
         // the pool's two pings once per run instead of around every
         // statement.
-        let found = self
-            .lookups
-            .load(
-                sid,
-                || (self.clone(), Held::new(self.db.clone())),
-                |(store, mut conn), sids| async move {
-                    let rows = store.load_many(&mut conn, &sids).await;
-                    ((store, conn), rows)
-                },
-            )
-            .await
-            .unwrap_or_else(|| {
-                Err(StoreError::Unavailable(Arc::new(DbErr::Custom(
-                    "session lookup ended without an answer".to_owned(),
-                ))))
-            });
+        PendingLoad(self.lookups.enqueue(
+            sid,
+            || (self.clone(), Held::new(self.db.clone())),
+            |(store, mut conn), sids| async move {
+                let rows = store.load_many(&mut conn, &sids).await;
+                ((store, conn), rows)
+            },
+        ))
+    }
+
+    /// The row a [`start_load`](Self::start_load) asked for.
+    pub async fn finish_load(
+        &self,
+        pending: PendingLoad,
+    ) -> Result<Option<StoredSession>, StoreError> {
+        let found = pending.0.answer().await.unwrap_or_else(|| {
+            Err(StoreError::Unavailable(Arc::new(DbErr::Custom(
+                "session lookup ended without an answer".to_owned(),
+            ))))
+        });
         let Some(mut stored) = found? else {
             return Ok(None);
         };

@@ -177,7 +177,12 @@ async fn authenticate<A: Adapter>(
         cookie_header: cookie.as_deref(),
         auth: auth.as_ref(),
     };
-    match state.auth.authenticate(&creds, Utc::now()).await {
+    let early = crate::socket::early_lookup::take(&state, s.req_parts());
+    match state
+        .auth
+        .authenticate_early(&creds, early, Utc::now())
+        .await
+    {
         Ok(ok) => {
             let limits = &state.config.limits;
             let (user_sockets, session_sockets) = state.registry.counts(&ok.sid, &ok.user_id);

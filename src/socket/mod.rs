@@ -4,6 +4,7 @@
 //! to hand a client event to the app; decides nothing and writes no audit
 //! row itself.
 
+pub(crate) mod early_lookup;
 pub(crate) mod handshake_request;
 pub(crate) mod layer;
 

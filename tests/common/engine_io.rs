@@ -113,7 +113,7 @@ pub async fn handshake_from(
 
 /// CONNECT on an opened websocket, answering pings until the server's
 /// CONNECT or CONNECT_ERROR.
-async fn join_namespace(mut ws: Ws) -> Result<Ws, HandshakeError> {
+pub async fn join_namespace(mut ws: Ws) -> Result<Ws, HandshakeError> {
     send_connect(&mut ws).await?;
     loop {
         let reply = next_text(&mut ws).await?;
