@@ -194,7 +194,7 @@ impl Metrics {
         );
         r.register(
             "session_lookups_stale",
-            "Early lookups not used: the CONNECT came too long after the open, so the session was looked up again",
+            "Early lookups not used (the CONNECT came too long after the open, or the session's deletion was heard in between): looked up again",
             m.session_lookups_stale.clone(),
         );
         r.register(

@@ -175,3 +175,64 @@ async fn trigger_is_opt_in_and_removable_on(server: PgServer) {
         .unwrap();
     assert_eq!(count().await, 0);
 }
+
+on_both_majors!(
+    a_deletion_heard_between_the_open_and_the_connect_refuses_the_connect,
+    a_deletion_heard_between_the_open_and_the_connect_refuses_the_connect_on
+);
+
+/// The session lookup starts with the engine.io open; a deletion the
+/// trigger reports before the CONNECT arrives (well inside the early
+/// answer's freshness) makes the CONNECT look again, and be refused.
+async fn a_deletion_heard_between_the_open_and_the_connect_refuses_the_connect_on(
+    server: PgServer,
+) {
+    let Some(env) = env_with_trigger(server).await else {
+        return;
+    };
+    let addr = env.server.local_addr;
+    let lookups = |env: &TestEnv| {
+        let url = env.url();
+        async move { common::wire::metric(&url, "sockgate_session_lookups").await }
+    };
+    for attempt in 0.. {
+        let sid = format!("heard-{attempt}");
+        env.write_session(&sid, &json!({"passport": {"user": 23}}), now_secs() + 3600)
+            .await;
+        // A socket of the session already connected: its `session_expired`
+        // says the deletion was heard.
+        let mut live = connected(&env, Transport::Websocket, &sid).await;
+        let before = lookups(&env).await;
+        let opened = Instant::now();
+        let pending = common::engine_io::open(&addr, &env.cookie_value(&sid))
+            .await
+            .unwrap();
+        // The early lookup read the row before the delete.
+        while lookups(&env).await < before + 1.0 {
+            assert!(
+                opened.elapsed() < Duration::from_secs(10),
+                "no early lookup"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        node_app_deletes(&env, &sid).await;
+        ended_within(&mut live, Duration::from_secs(1)).await;
+        if opened.elapsed() + Duration::from_millis(100) > sockgate::session::EARLY_LOOKUP_FRESH {
+            // Too slow a machine to tell the two rules apart: again.
+            assert!(attempt < 5, "the deletion was never heard within the bound");
+            continue;
+        }
+        match common::engine_io::join_namespace(pending).await {
+            Err(common::engine_io::HandshakeError::Refused(packet)) => {
+                assert!(packet.contains("Session expired"), "{packet}")
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a CONNECT after its session's deletion was heard was accepted"),
+        }
+        assert_eq!(
+            common::wire::metric(&env.url(), "sockgate_session_lookups_stale_total").await,
+            1.0
+        );
+        break;
+    }
+}

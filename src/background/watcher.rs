@@ -19,6 +19,7 @@ use crate::guests;
 use crate::live::fleet::{FleetCell, Scope};
 use crate::live::registry::{self, Registry};
 use crate::metrics::Metrics;
+use crate::session::prefetch::HeardDeletions;
 use crate::session::rules::{self as session, EndReason, Verdict};
 use crate::session::store::{Extension, SessionStore, StoreError};
 
@@ -39,6 +40,9 @@ pub struct Watcher {
     /// Ends soft-locked guests' sockets (this node's only: every node runs
     /// its own watcher).
     pub fleet: FleetCell,
+    /// The deletions the revocation trigger reported lately, for the
+    /// handshakes whose session lookup started before they were heard.
+    pub heard: Arc<HeardDeletions>,
 }
 
 /// What one tick did.
@@ -251,6 +255,7 @@ impl Watcher {
     /// The Node app deleted the session whose digest the revocation trigger
     /// sent: its sockets on this node, if any, end now. Returns how many.
     pub fn session_deleted(&self, digest: &str) -> usize {
+        self.heard.record(digest, Instant::now());
         match self.registry.sid_for_digest(digest) {
             Some(sid) => self.end_session(&sid, EndReason::Deleted),
             None => 0,

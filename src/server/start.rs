@@ -77,6 +77,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         default_ttl: config.session_ttl(),
         wake: Default::default(),
         metrics: metrics.clone(),
+        heard: Default::default(),
     };
     Ok(AppState::new(Shared {
         config: Arc::new(config),

@@ -9,12 +9,16 @@
 //! CONNECT; under load the CONNECT then finds its answer waiting. Still one
 //! lookup per handshake, judged (expiry, user, lock) at the CONNECT.
 //!
-//! An answer read more than [`FRESH`] before the CONNECT is not used: the
-//! session is looked up again, so a session ended in the meantime is
-//! refused as it would have been without the early lookup.
+//! An answer read more than [`FRESH`] before the CONNECT is not used, nor
+//! one whose session's deletion was heard (the revocation trigger) after it
+//! started: the session is looked up again, so a session ended in the
+//! meantime is refused as it would have been without the early lookup.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
 
 use crate::session::cookie::SessionIdSource;
 use crate::session::store::PendingLoad;
@@ -67,6 +71,68 @@ impl Prefetch {
     }
 }
 
+/// Session deletions heard from the revocation trigger (by the SHA-256 of
+/// the id, all the notice carries) in the last [`FRESH`]: enough to tell
+/// whether an early lookup still fresh read its row before its session was
+/// deleted. Older ones are forgotten as new ones arrive.
+#[derive(Default)]
+pub struct HeardDeletions(Mutex<Heard>);
+
+#[derive(Default)]
+struct Heard {
+    order: VecDeque<(Instant, [u8; 32])>,
+    latest: HashMap<[u8; 32], Instant>,
+    /// When more deletions than [`MAX_HEARD`] came within [`FRESH`] (an app
+    /// pruning thousands of expired sessions at once): every early lookup
+    /// started before this is unused, since which were deleted is no longer
+    /// known.
+    overflowed_at: Option<Instant>,
+}
+
+/// Deletions kept at most; each is about 100 bytes.
+pub const MAX_HEARD: usize = 100_000;
+
+impl HeardDeletions {
+    /// A deletion notice's digest (hex, either case) heard at `now`. A
+    /// payload that is not one is ignored.
+    pub fn record(&self, digest: &str, now: Instant) {
+        let mut key = [0u8; 32];
+        if hex::decode_to_slice(digest, &mut key).is_err() {
+            return;
+        }
+        let mut heard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(&(at, old)) = heard.order.front() {
+            if is_fresh(at, now) {
+                break;
+            }
+            heard.order.pop_front();
+            if heard.latest.get(&old) == Some(&at) {
+                heard.latest.remove(&old);
+            }
+        }
+        if heard.order.len() >= MAX_HEARD {
+            heard.overflowed_at = Some(now);
+            return;
+        }
+        heard.order.push_back((now, key));
+        heard.latest.insert(key, now);
+    }
+
+    /// Whether `sid`'s deletion was heard at or after `started`, or too
+    /// many deletions came since to tell.
+    pub fn since(&self, sid: &str, started: Instant) -> bool {
+        let heard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if heard.overflowed_at.is_some_and(|at| at >= started) {
+            return true;
+        }
+        if heard.latest.is_empty() {
+            return false;
+        }
+        let key: [u8; 32] = Sha256::digest(sid.as_bytes()).into();
+        heard.latest.get(&key).is_some_and(|&at| at >= started)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +149,46 @@ mod tests {
             let now = if before { started - gap } else { started + gap };
             prop_assert_eq!(is_fresh(started, now), before || gap <= FRESH);
         }
+    }
+
+    fn digest(sid: &str) -> String {
+        hex::encode(Sha256::digest(sid.as_bytes()))
+    }
+
+    #[test]
+    fn a_deletion_heard_after_the_start_and_only_of_that_session_counts() {
+        let heard = HeardDeletions::default();
+        let t0 = Instant::now();
+        let started = t0 + Duration::from_millis(10);
+        assert!(!heard.since("a", started), "nothing heard");
+        heard.record(&digest("a"), t0);
+        assert!(
+            !heard.since("a", started),
+            "heard before the lookup started"
+        );
+        heard.record(&digest("a").to_uppercase(), started);
+        assert!(heard.since("a", started), "heard as it started");
+        assert!(!heard.since("b", started), "another session");
+        heard.record("not a digest", started);
+        assert!(!heard.since("not a digest", t0));
+        // Forgotten once older than FRESH, as new ones arrive.
+        let later = started + FRESH + Duration::from_millis(1);
+        heard.record(&digest("b"), later);
+        assert!(!heard.since("a", t0));
+        assert!(heard.since("b", later));
+    }
+
+    #[test]
+    fn too_many_deletions_at_once_leave_every_earlier_lookup_unused() {
+        let heard = HeardDeletions::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_HEARD {
+            heard.record(&digest(&i.to_string()), t0);
+        }
+        assert!(!heard.since("x", t0 + Duration::from_millis(1)));
+        let t1 = t0 + Duration::from_millis(2);
+        heard.record(&digest("one too many"), t1);
+        assert!(heard.since("x", t0 + Duration::from_millis(1)));
+        assert!(!heard.since("x", t1 + Duration::from_millis(1)));
     }
 }

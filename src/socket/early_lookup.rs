@@ -28,15 +28,13 @@ pub fn start(state: &AppState, mut req: axum::extract::Request) -> axum::extract
     req
 }
 
-/// The early lookup of the request a CONNECT came on, if it may answer it.
+/// The early lookup of the request a CONNECT came on, if it may answer it:
+/// fresh, and its session's deletion not heard since it started.
 pub fn take(state: &AppState, parts: &http::request::Parts) -> Option<Early> {
-    match parts
-        .extensions
-        .get::<Arc<Prefetch>>()?
-        .take(Instant::now())
-    {
-        Taken::Fresh(early) => Some(early),
-        Taken::Stale => {
+    let prefetch = parts.extensions.get::<Arc<Prefetch>>()?;
+    match prefetch.take(Instant::now()) {
+        Taken::Fresh(early) if !state.watcher.heard.since(&early.sid, early.started) => Some(early),
+        Taken::Fresh(_) | Taken::Stale => {
             state.metrics.session_lookups_stale.inc();
             None
         }
