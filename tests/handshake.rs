@@ -598,38 +598,15 @@ on_every_backend!(
     |env: TestEnv| async move {
         let minted = env.mint("44").await;
         let cookie = format!("{}={}", env.config.cookie_name, minted.cookie_value);
-        let http = common::http();
         for trial in 0..5 {
             let open = common::wire::polling_open(&env.url(), &cookie).await;
             assert_eq!(open["pingInterval"], 25_000);
-            let url = format!(
-                "{}/socket.io/?EIO=4&transport=polling&sid={}",
-                env.url(),
-                open["sid"].as_str().unwrap()
-            );
-            let posted = http
-                .post(&url)
-                .header("cookie", &cookie)
-                .body("40")
-                .send()
-                .await
-                .unwrap();
-            assert!(posted.status().is_success());
-            let first = http
-                .get(&url)
-                .header("cookie", &cookie)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let first = common::wire::polling_connect(&env.url(), &open, &cookie).await;
             let packets: Vec<&str> = first.split('\u{1e}').collect();
             assert!(
                 packets[0].starts_with("40{") && !packets.contains(&"2"),
                 "trial {trial}: the first poll reads the CONNECT answer, no ping: {first:?}"
             );
-            let _ = http.post(&url).body("1").send().await;
         }
     }
 );
@@ -730,36 +707,12 @@ async fn metric_reaches(env: &TestEnv, name: &str, want: f64) {
 /// A long-polling CONNECT on the engine.io session opened as `open`, and
 /// the packet that answers it (`40...` or `44...`).
 async fn polling_connect(env: &TestEnv, open: &serde_json::Value, cookie: &str) -> String {
-    let http = common::http();
-    let url = format!(
-        "{}/socket.io/?EIO=4&transport=polling&sid={}",
-        env.url(),
-        open["sid"].as_str().unwrap()
-    );
-    let posted = http
-        .post(&url)
-        .header("cookie", cookie)
-        .body("40")
-        .send()
-        .await
-        .unwrap();
-    assert!(posted.status().is_success());
-    let reply = http
-        .get(&url)
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let answer = reply
+    let reply = common::wire::polling_connect(&env.url(), open, cookie).await;
+    reply
         .split('\u{1e}')
         .find(|p| p.starts_with("40") || p.starts_with("44"))
         .unwrap_or_else(|| panic!("no answer to CONNECT in {reply:?}"))
-        .to_owned();
-    let _ = http.post(&url).body("1").send().await;
-    answer
+        .to_owned()
 }
 
 // The session lookup starts when the engine.io session opens, and answers

@@ -46,6 +46,36 @@ pub async fn polling_open(base_url: &str, cookie: &str) -> serde_json::Value {
         .expect("the open packet's JSON")
 }
 
+/// CONNECT on the long-polling session opened as `open` (its open packet),
+/// then one poll: what that poll read, packets joined as engine.io joins
+/// them. The session is closed after.
+pub async fn polling_connect(base_url: &str, open: &serde_json::Value, cookie: &str) -> String {
+    let http = super::http();
+    let url = format!(
+        "{base_url}/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().expect("the open packet's sid")
+    );
+    let posted = http
+        .post(&url)
+        .header("cookie", cookie)
+        .body("40")
+        .send()
+        .await
+        .expect("POST the CONNECT");
+    assert!(posted.status().is_success(), "{}", posted.status());
+    let reply = http
+        .get(&url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("GET the CONNECT's answer")
+        .text()
+        .await
+        .unwrap();
+    let _ = http.post(&url).body("1").send().await;
+    reply
+}
+
 /// The status of `GET <base_url><path>`, or 0 when there is no answer.
 pub async fn status(base_url: &str, path: &str) -> u16 {
     super::http()
