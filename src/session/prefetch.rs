@@ -9,10 +9,11 @@
 //! CONNECT; under load the CONNECT then finds its answer waiting. Still one
 //! lookup per handshake, judged (expiry, user, lock) at the CONNECT.
 //!
-//! An answer read more than [`FRESH`] before the CONNECT is not used, nor
-//! one whose session's deletion was heard (the revocation trigger) after it
-//! started: the session is looked up again, so a session ended in the
-//! meantime is refused as it would have been without the early lookup.
+//! An answer whose lookup started more than [`FRESH`] before the CONNECT
+//! is not used, nor one whose session's deletion was heard (the revocation
+//! trigger) after it started: the session is looked up again, so a session
+//! ended in the meantime is refused as it would have been without the early
+//! lookup.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
