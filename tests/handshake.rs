@@ -730,58 +730,93 @@ on_every_backend!(
         let base = env.url();
         let addr = env.server.local_addr;
         let header = |value: &str| format!("{}={value}", env.config.cookie_name);
+        let count = |name: &'static str| common::wire::metric(&base, name);
+        let fresh = sockgate::session::EARLY_LOOKUP_FRESH;
 
-        // On time, long-polling: looked up before any CONNECT, then once only.
+        // On time: looked up before any CONNECT, and once only. The CONNECT
+        // goes well inside the bound; a machine too slow for that gets
+        // another try.
         let minted = env.mint("46").await;
-        let open = common::wire::polling_open(&base, &header(&minted.cookie_value)).await;
-        metric_reaches(&env, lookups, 1.0).await;
-        assert_eq!(common::wire::metric(&base, early).await, 1.0);
-        let answer = polling_connect(&env, &open, &header(&minted.cookie_value)).await;
-        assert!(answer.starts_with("40{"), "{answer}");
-        // On time, websocket.
-        let ws = common::engine_io::open(&addr, &minted.cookie_value)
-            .await
-            .unwrap();
-        metric_reaches(&env, lookups, 2.0).await;
-        common::engine_io::join_namespace(ws).await.unwrap();
-        assert_eq!(common::wire::metric(&base, lookups).await, 2.0);
-        assert_eq!(common::wire::metric(&base, early).await, 2.0);
-        assert_eq!(common::wire::metric(&base, stale).await, 0.0);
-
-        // Late, long-polling: the session expires between the open and the
-        // CONNECT; the early answer (live) is not used.
-        let late = env.mint("47").await;
-        let ended = json!({"cookie": {"path": "/"}, "passport": {"user": "47"}});
-        let open = common::wire::polling_open(&base, &header(&late.cookie_value)).await;
-        metric_reaches(&env, lookups, 3.0).await;
-        env.write_session(&late.sid, &ended, now_secs() - 60).await;
-        tokio::time::sleep(sockgate::session::EARLY_LOOKUP_FRESH + Duration::from_millis(200))
-            .await;
-        let answer = polling_connect(&env, &open, &header(&late.cookie_value)).await;
-        assert!(
-            answer.starts_with("44") && answer.contains("Session expired"),
-            "{answer}"
-        );
-        assert_eq!(common::wire::metric(&base, lookups).await, 4.0);
-        assert_eq!(common::wire::metric(&base, stale).await, 1.0);
-        // Late, websocket: the same.
-        let late = env.mint("48").await;
-        let ws = common::engine_io::open(&addr, &late.cookie_value)
-            .await
-            .unwrap();
-        metric_reaches(&env, lookups, 5.0).await;
-        env.write_session(&late.sid, &ended, now_secs() - 60).await;
-        tokio::time::sleep(sockgate::session::EARLY_LOOKUP_FRESH + Duration::from_millis(200))
-            .await;
-        match common::engine_io::join_namespace(ws).await {
-            Err(common::engine_io::HandshakeError::Refused(packet)) => {
-                assert!(packet.contains("Session expired"), "{packet}")
+        for transport in Transport::ALL {
+            for attempt in 0.. {
+                let (l0, e0, s0) = (count(lookups).await, count(early).await, count(stale).await);
+                let opened = std::time::Instant::now();
+                let (ws, open) = match transport {
+                    Transport::Websocket => {
+                        let ws = common::engine_io::open(&addr, &minted.cookie_value)
+                            .await
+                            .unwrap();
+                        (Some(ws), None)
+                    }
+                    Transport::Polling => {
+                        let cookie = header(&minted.cookie_value);
+                        (None, Some(common::wire::polling_open(&base, &cookie).await))
+                    }
+                };
+                metric_reaches(&env, lookups, l0 + 1.0).await;
+                assert_eq!(count(early).await, e0 + 1.0, "{transport:?}");
+                if opened.elapsed() > fresh / 2 {
+                    assert!(attempt < 5, "{transport:?}: never inside the bound");
+                    continue;
+                }
+                match (ws, open) {
+                    (Some(ws), _) => {
+                        common::engine_io::join_namespace(ws).await.unwrap();
+                    }
+                    (None, Some(open)) => {
+                        let cookie = header(&minted.cookie_value);
+                        let answer = polling_connect(&env, &open, &cookie).await;
+                        assert!(answer.starts_with("40{"), "{answer}");
+                    }
+                    (None, None) => unreachable!(),
+                }
+                assert_eq!(count(lookups).await, l0 + 1.0, "{transport:?}: one lookup");
+                assert_eq!(count(stale).await, s0, "{transport:?}");
+                break;
             }
-            Err(other) => panic!("{other:?}"),
-            Ok(_) => panic!("a session expired before a late CONNECT was accepted"),
         }
-        assert_eq!(common::wire::metric(&base, lookups).await, 6.0);
-        assert_eq!(common::wire::metric(&base, stale).await, 2.0);
-        assert_eq!(common::wire::metric(&base, early).await, 4.0);
+
+        // Late: the session expires between the open and a CONNECT sent
+        // after the bound; the early answer (live) is not used.
+        let ended = |user: &str| json!({"cookie": {"path": "/"}, "passport": {"user": user}});
+        for (transport, user) in [(Transport::Polling, "47"), (Transport::Websocket, "48")] {
+            let late = env.mint(user).await;
+            let (l0, s0) = (count(lookups).await, count(stale).await);
+            let cookie = header(&late.cookie_value);
+            let (ws, open) = match transport {
+                Transport::Websocket => {
+                    let ws = common::engine_io::open(&addr, &late.cookie_value)
+                        .await
+                        .unwrap();
+                    (Some(ws), None)
+                }
+                Transport::Polling => {
+                    (None, Some(common::wire::polling_open(&base, &cookie).await))
+                }
+            };
+            metric_reaches(&env, lookups, l0 + 1.0).await;
+            env.write_session(&late.sid, &ended(user), now_secs() - 60)
+                .await;
+            tokio::time::sleep(fresh + Duration::from_millis(200)).await;
+            let answer = match (ws, open) {
+                (Some(ws), _) => match common::engine_io::join_namespace(ws).await {
+                    Err(common::engine_io::HandshakeError::Refused(packet)) => packet,
+                    Err(other) => panic!("{other:?}"),
+                    Ok(_) => panic!("a session expired before a late CONNECT was accepted"),
+                },
+                (None, Some(open)) => polling_connect(&env, &open, &cookie).await,
+                (None, None) => unreachable!(),
+            };
+            assert!(
+                answer.starts_with("44") && answer.contains("Session expired"),
+                "{transport:?}: {answer}"
+            );
+            assert_eq!(
+                count(lookups).await,
+                l0 + 2.0,
+                "{transport:?}: looked up again"
+            );
+            assert_eq!(count(stale).await, s0 + 1.0, "{transport:?}");
+        }
     }
 );
