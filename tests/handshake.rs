@@ -704,15 +704,51 @@ async fn metric_reaches(env: &TestEnv, name: &str, want: f64) {
     }
 }
 
-/// A long-polling CONNECT on the engine.io session opened as `open`, and
-/// the packet that answers it (`40...` or `44...`).
-async fn polling_connect(env: &TestEnv, open: &serde_json::Value, cookie: &str) -> String {
-    let reply = common::wire::polling_connect(&env.url(), open, cookie).await;
-    reply
-        .split('\u{1e}')
-        .find(|p| p.starts_with("40") || p.starts_with("44"))
-        .unwrap_or_else(|| panic!("no answer to CONNECT in {reply:?}"))
-        .to_owned()
+/// An engine.io session opened with a session cookie, not yet CONNECTed.
+enum Opened {
+    Websocket(common::engine_io::Ws),
+    /// The open packet.
+    Polling(serde_json::Value),
+}
+
+impl Opened {
+    async fn open(env: &TestEnv, transport: Transport, cookie_value: &str) -> Opened {
+        match transport {
+            Transport::Websocket => Opened::Websocket(
+                common::engine_io::open(&env.server.local_addr, cookie_value)
+                    .await
+                    .unwrap(),
+            ),
+            Transport::Polling => {
+                let cookie = format!("{}={cookie_value}", env.config.cookie_name);
+                Opened::Polling(common::wire::polling_open(&env.url(), &cookie).await)
+            }
+        }
+    }
+
+    /// CONNECT: `Ok` when connected, else the CONNECT_ERROR packet.
+    async fn connect(self, env: &TestEnv, cookie_value: &str) -> Result<(), String> {
+        match self {
+            Opened::Websocket(ws) => match common::engine_io::join_namespace(ws).await {
+                Ok(_) => Ok(()),
+                Err(common::engine_io::HandshakeError::Refused(packet)) => Err(packet),
+                Err(other) => panic!("{other:?}"),
+            },
+            Opened::Polling(open) => {
+                let cookie = format!("{}={cookie_value}", env.config.cookie_name);
+                let reply = common::wire::polling_connect(&env.url(), &open, &cookie).await;
+                let answer = reply
+                    .split('\u{1e}')
+                    .find(|p| p.starts_with("40") || p.starts_with("44"))
+                    .unwrap_or_else(|| panic!("no answer to CONNECT in {reply:?}"));
+                if answer.starts_with("40") {
+                    Ok(())
+                } else {
+                    Err(answer.to_owned())
+                }
+            }
+        }
+    }
 }
 
 // The session lookup starts when the engine.io session opens, and answers
@@ -728,8 +764,6 @@ on_every_backend!(
             "sockgate_session_lookups_stale_total",
         );
         let base = env.url();
-        let addr = env.server.local_addr;
-        let header = |value: &str| format!("{}={value}", env.config.cookie_name);
         let count = |name: &'static str| common::wire::metric(&base, name);
         let fresh = sockgate::session::EARLY_LOOKUP_FRESH;
 
@@ -741,35 +775,14 @@ on_every_backend!(
             for attempt in 0.. {
                 let (l0, e0, s0) = (count(lookups).await, count(early).await, count(stale).await);
                 let opened = std::time::Instant::now();
-                let (ws, open) = match transport {
-                    Transport::Websocket => {
-                        let ws = common::engine_io::open(&addr, &minted.cookie_value)
-                            .await
-                            .unwrap();
-                        (Some(ws), None)
-                    }
-                    Transport::Polling => {
-                        let cookie = header(&minted.cookie_value);
-                        (None, Some(common::wire::polling_open(&base, &cookie).await))
-                    }
-                };
+                let session = Opened::open(&env, transport, &minted.cookie_value).await;
                 metric_reaches(&env, lookups, l0 + 1.0).await;
                 assert_eq!(count(early).await, e0 + 1.0, "{transport:?}");
                 if opened.elapsed() > fresh / 2 {
                     assert!(attempt < 5, "{transport:?}: never inside the bound");
                     continue;
                 }
-                match (ws, open) {
-                    (Some(ws), _) => {
-                        common::engine_io::join_namespace(ws).await.unwrap();
-                    }
-                    (None, Some(open)) => {
-                        let cookie = header(&minted.cookie_value);
-                        let answer = polling_connect(&env, &open, &cookie).await;
-                        assert!(answer.starts_with("40{"), "{answer}");
-                    }
-                    (None, None) => unreachable!(),
-                }
+                session.connect(&env, &minted.cookie_value).await.unwrap();
                 assert_eq!(count(lookups).await, l0 + 1.0, "{transport:?}: one lookup");
                 assert_eq!(count(stale).await, s0, "{transport:?}");
                 break;
@@ -782,34 +795,17 @@ on_every_backend!(
         for (transport, user) in [(Transport::Polling, "47"), (Transport::Websocket, "48")] {
             let late = env.mint(user).await;
             let (l0, s0) = (count(lookups).await, count(stale).await);
-            let cookie = header(&late.cookie_value);
-            let (ws, open) = match transport {
-                Transport::Websocket => {
-                    let ws = common::engine_io::open(&addr, &late.cookie_value)
-                        .await
-                        .unwrap();
-                    (Some(ws), None)
-                }
-                Transport::Polling => {
-                    (None, Some(common::wire::polling_open(&base, &cookie).await))
-                }
-            };
+            let session = Opened::open(&env, transport, &late.cookie_value).await;
             metric_reaches(&env, lookups, l0 + 1.0).await;
             env.write_session(&late.sid, &ended(user), now_secs() - 60)
                 .await;
             tokio::time::sleep(fresh + Duration::from_millis(200)).await;
-            let answer = match (ws, open) {
-                (Some(ws), _) => match common::engine_io::join_namespace(ws).await {
-                    Err(common::engine_io::HandshakeError::Refused(packet)) => packet,
-                    Err(other) => panic!("{other:?}"),
-                    Ok(_) => panic!("a session expired before a late CONNECT was accepted"),
-                },
-                (None, Some(open)) => polling_connect(&env, &open, &cookie).await,
-                (None, None) => unreachable!(),
-            };
+            let refused = session.connect(&env, &late.cookie_value).await;
             assert!(
-                answer.starts_with("44") && answer.contains("Session expired"),
-                "{transport:?}: {answer}"
+                refused
+                    .as_ref()
+                    .is_err_and(|packet| packet.contains("Session expired")),
+                "{transport:?}: {refused:?}"
             );
             assert_eq!(
                 count(lookups).await,
