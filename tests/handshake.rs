@@ -706,7 +706,7 @@ async fn metric_reaches(env: &TestEnv, name: &str, want: f64) {
 
 /// An engine.io session opened with a session cookie, not yet CONNECTed.
 enum Opened {
-    Websocket(common::engine_io::Ws),
+    Websocket(Box<common::engine_io::Ws>),
     /// The open packet.
     Polling(serde_json::Value),
 }
@@ -714,11 +714,11 @@ enum Opened {
 impl Opened {
     async fn open(env: &TestEnv, transport: Transport, cookie_value: &str) -> Opened {
         match transport {
-            Transport::Websocket => Opened::Websocket(
+            Transport::Websocket => Opened::Websocket(Box::new(
                 common::engine_io::open(&env.server.local_addr, cookie_value)
                     .await
                     .unwrap(),
-            ),
+            )),
             Transport::Polling => {
                 let cookie = format!("{}={cookie_value}", env.config.cookie_name);
                 Opened::Polling(common::wire::polling_open(&env.url(), &cookie).await)
@@ -729,7 +729,7 @@ impl Opened {
     /// CONNECT: `Ok` when connected, else the CONNECT_ERROR packet.
     async fn connect(self, env: &TestEnv, cookie_value: &str) -> Result<(), String> {
         match self {
-            Opened::Websocket(ws) => match common::engine_io::join_namespace(ws).await {
+            Opened::Websocket(ws) => match common::engine_io::join_namespace(*ws).await {
                 Ok(_) => Ok(()),
                 Err(common::engine_io::HandshakeError::Refused(packet)) => Err(packet),
                 Err(other) => panic!("{other:?}"),
