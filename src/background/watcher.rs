@@ -254,9 +254,13 @@ impl Watcher {
 
     /// The Node app deleted the session whose digest the revocation trigger
     /// sent: its sockets on this node, if any, end now. Returns how many.
+    /// A payload that is not a digest ends nothing.
     pub fn session_deleted(&self, digest: &str) -> usize {
-        self.heard.record(digest, Instant::now());
-        match self.registry.sid_for_digest(digest) {
+        let Some(key) = session::parse_digest(digest) else {
+            return 0;
+        };
+        self.heard.record(key, Instant::now());
+        match self.registry.sid_for_digest(&key) {
             Some(sid) => self.end_session(&sid, EndReason::Deleted),
             None => 0,
         }

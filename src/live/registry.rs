@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value as Json;
-use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 
-use crate::session::rules::UserId;
+use crate::session::rules::{UserId, digest};
 
 /// A socket the registry can tell something and then close, whatever the
 /// adapter type behind it. Both go through the socket's own ordered channel,
@@ -68,10 +67,6 @@ pub struct Registry {
     inner: Arc<Mutex<Inner>>,
 }
 
-fn digest_bytes(sid: &str) -> [u8; 32] {
-    Sha256::digest(sid.as_bytes()).into()
-}
-
 /// A session with live sockets on this node.
 #[derive(Debug, Clone)]
 pub struct LiveSession {
@@ -88,7 +83,7 @@ impl Registry {
             return;
         }
         let sid: Arc<str> = Arc::from(sid);
-        inner.by_digest.insert(digest_bytes(&sid), sid.clone());
+        inner.by_digest.insert(digest(&sid), sid.clone());
         inner.by_sid.insert(
             sid,
             Entry {
@@ -111,7 +106,7 @@ impl Registry {
         inner.count_user(&user, -removed);
         if empty {
             inner.by_sid.remove(sid);
-            inner.by_digest.remove(&digest_bytes(sid));
+            inner.by_digest.remove(&digest(sid));
         }
     }
 
@@ -140,7 +135,7 @@ impl Registry {
         }
         for sid in gone {
             inner.by_sid.remove(&sid);
-            inner.by_digest.remove(&digest_bytes(&sid));
+            inner.by_digest.remove(&digest(&sid));
         }
         inner
             .by_sid
@@ -180,13 +175,11 @@ impl Registry {
             .map(|e| e.user_id.clone())
     }
 
-    /// The session whose SHA-256 is `digest`, in hex (either case), as the
-    /// revocation trigger computes it in SQL.
-    pub fn sid_for_digest(&self, digest: &str) -> Option<String> {
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(digest, &mut key).ok()?;
+    /// The session whose SHA-256 is `key` (`session::rules::digest`), as
+    /// the revocation trigger computes it in SQL.
+    pub fn sid_for_digest(&self, key: &[u8; 32]) -> Option<String> {
         let inner = self.inner.lock().unwrap();
-        inner.by_digest.get(&key).map(|sid| sid.to_string())
+        inner.by_digest.get(key).map(|sid| sid.to_string())
     }
 
     /// Every socket of a user on this node, across their sessions.

@@ -19,9 +19,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 use crate::session::cookie::SessionIdSource;
+use crate::session::rules::digest;
 use crate::session::store::PendingLoad;
 
 /// How long after the open an early lookup may answer the CONNECT: one
@@ -94,13 +93,9 @@ struct Heard {
 pub const MAX_HEARD: usize = 100_000;
 
 impl HeardDeletions {
-    /// A deletion notice's digest (hex, either case) heard at `now`. A
-    /// payload that is not one is ignored.
-    pub fn record(&self, digest: &str, now: Instant) {
-        let mut key = [0u8; 32];
-        if hex::decode_to_slice(digest, &mut key).is_err() {
-            return;
-        }
+    /// A deletion notice's digest (`session::rules::digest`) heard at
+    /// `now`.
+    pub fn record(&self, key: [u8; 32], now: Instant) {
         let mut heard = self.0.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(&(at, old)) = heard.order.front() {
             if is_fresh(at, now) {
@@ -129,8 +124,10 @@ impl HeardDeletions {
         if heard.latest.is_empty() {
             return false;
         }
-        let key: [u8; 32] = Sha256::digest(sid.as_bytes()).into();
-        heard.latest.get(&key).is_some_and(|&at| at >= started)
+        heard
+            .latest
+            .get(&digest(sid))
+            .is_some_and(|&at| at >= started)
     }
 }
 
@@ -152,29 +149,23 @@ mod tests {
         }
     }
 
-    fn digest(sid: &str) -> String {
-        hex::encode(Sha256::digest(sid.as_bytes()))
-    }
-
     #[test]
     fn a_deletion_heard_after_the_start_and_only_of_that_session_counts() {
         let heard = HeardDeletions::default();
         let t0 = Instant::now();
         let started = t0 + Duration::from_millis(10);
         assert!(!heard.since("a", started), "nothing heard");
-        heard.record(&digest("a"), t0);
+        heard.record(digest("a"), t0);
         assert!(
             !heard.since("a", started),
             "heard before the lookup started"
         );
-        heard.record(&digest("a").to_uppercase(), started);
+        heard.record(digest("a"), started);
         assert!(heard.since("a", started), "heard as it started");
         assert!(!heard.since("b", started), "another session");
-        heard.record("not a digest", started);
-        assert!(!heard.since("not a digest", t0));
         // Forgotten once older than FRESH, as new ones arrive.
         let later = started + FRESH + Duration::from_millis(1);
-        heard.record(&digest("b"), later);
+        heard.record(digest("b"), later);
         assert!(!heard.since("a", t0));
         assert!(heard.since("b", later));
     }
@@ -184,11 +175,11 @@ mod tests {
         let heard = HeardDeletions::default();
         let t0 = Instant::now();
         for i in 0..MAX_HEARD {
-            heard.record(&digest(&i.to_string()), t0);
+            heard.record(digest(&i.to_string()), t0);
         }
         assert!(!heard.since("x", t0 + Duration::from_millis(1)));
         let t1 = t0 + Duration::from_millis(2);
-        heard.record(&digest("one too many"), t1);
+        heard.record(digest("one too many"), t1);
         assert!(heard.since("x", t0 + Duration::from_millis(1)));
         assert!(!heard.since("x", t1 + Duration::from_millis(1)));
     }

@@ -213,10 +213,23 @@ pub fn new_session_json(user: &UserId, now: DateTime<Utc>, ttl: Duration) -> (i6
     extend(&sess, now, ttl)
 }
 
+/// The SHA-256 of a session id: how the registry and the revocation
+/// trigger name a session without holding its id.
+pub fn digest(sid: &str) -> [u8; 32] {
+    Sha256::digest(sid.as_bytes()).into()
+}
+
+/// A [`digest`] as the revocation trigger sends it: hex, either case.
+pub fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(hex, &mut key).ok()?;
+    Some(key)
+}
+
 /// A short one-way fingerprint of a session id, for logs and audit rows:
 /// enough to correlate events, useless as a credential.
 pub fn fingerprint(sid: &str) -> String {
-    hex::encode(&Sha256::digest(sid.as_bytes())[..6])
+    hex::encode(&digest(sid)[..6])
 }
 
 #[cfg(test)]
@@ -233,6 +246,15 @@ mod tests {
         // SHA-256("abc") = ba7816bf 8f01cfea ...
         assert_eq!(fingerprint("abc"), "ba7816bf8f01");
         assert_eq!(fingerprint(""), "e3b0c44298fc");
+    }
+
+    #[test]
+    fn a_digest_is_read_back_from_hex_of_either_case_and_nothing_else() {
+        let d = digest("a");
+        assert_eq!(parse_digest(&hex::encode(d)), Some(d));
+        assert_eq!(parse_digest(&hex::encode(d).to_uppercase()), Some(d));
+        assert_eq!(parse_digest("not a digest"), None);
+        assert_eq!(parse_digest(&hex::encode(&d[..31])), None);
     }
 
     #[test]
