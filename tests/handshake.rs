@@ -687,23 +687,6 @@ async fn audit_batches_share_one_statement_on(server: PgServer) {
     );
 }
 
-/// Waits until `/metrics` shows `name` at `want` (the lookup's statement is
-/// counted when it goes out, in a task of its own).
-async fn metric_reaches(env: &TestEnv, name: &str, want: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = common::wire::metric(&env.url(), name).await;
-        if now == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} stayed at {now}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// An engine.io session opened with a session cookie, not yet CONNECTed.
 enum Opened {
     Websocket(Box<common::engine_io::Ws>),
@@ -776,7 +759,7 @@ on_every_backend!(
                 let (l0, e0, s0) = (count(lookups).await, count(early).await, count(stale).await);
                 let opened = std::time::Instant::now();
                 let session = Opened::open(&env, transport, &minted.cookie_value).await;
-                metric_reaches(&env, lookups, l0 + 1.0).await;
+                common::wire::metric_reaches(&base, lookups, l0 + 1.0).await;
                 assert_eq!(count(early).await, e0 + 1.0, "{transport:?}");
                 if opened.elapsed() > fresh / 2 {
                     assert!(attempt < 5, "{transport:?}: never inside the bound");
@@ -796,7 +779,7 @@ on_every_backend!(
             let late = env.mint(user).await;
             let (l0, s0) = (count(lookups).await, count(stale).await);
             let session = Opened::open(&env, transport, &late.cookie_value).await;
-            metric_reaches(&env, lookups, l0 + 1.0).await;
+            common::wire::metric_reaches(&base, lookups, l0 + 1.0).await;
             env.write_session(&late.sid, &ended(user), now_secs() - 60)
                 .await;
             tokio::time::sleep(fresh + Duration::from_millis(200)).await;

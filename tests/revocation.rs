@@ -190,11 +190,8 @@ async fn a_deletion_heard_between_the_open_and_the_connect_refuses_the_connect_o
     let Some(env) = env_with_trigger(server).await else {
         return;
     };
-    let addr = env.server.local_addr;
-    let lookups = |env: &TestEnv| {
-        let url = env.url();
-        async move { common::wire::metric(&url, "sockgate_session_lookups").await }
-    };
+    let (addr, base) = (env.server.local_addr, env.url());
+    let lookups = "sockgate_session_lookups";
     for attempt in 0.. {
         let sid = format!("heard-{attempt}");
         env.write_session(&sid, &json!({"passport": {"user": 23}}), now_secs() + 3600)
@@ -202,19 +199,13 @@ async fn a_deletion_heard_between_the_open_and_the_connect_refuses_the_connect_o
         // A socket of the session already connected: its `session_expired`
         // says the deletion was heard.
         let mut live = connected(&env, Transport::Websocket, &sid).await;
-        let before = lookups(&env).await;
+        let before = common::wire::metric(&base, lookups).await;
         let opened = Instant::now();
         let pending = common::engine_io::open(&addr, &env.cookie_value(&sid))
             .await
             .unwrap();
         // The early lookup read the row before the delete.
-        while lookups(&env).await < before + 1.0 {
-            assert!(
-                opened.elapsed() < Duration::from_secs(10),
-                "no early lookup"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        common::wire::metric_reaches(&base, lookups, before + 1.0).await;
         node_app_deletes(&env, &sid).await;
         ended_within(&mut live, Duration::from_secs(1)).await;
         if opened.elapsed() > sockgate::session::EARLY_LOOKUP_FRESH / 2 {
@@ -230,7 +221,7 @@ async fn a_deletion_heard_between_the_open_and_the_connect_refuses_the_connect_o
             Ok(_) => panic!("a CONNECT after its session's deletion was heard was accepted"),
         }
         assert_eq!(
-            common::wire::metric(&env.url(), "sockgate_session_lookups_stale_total").await,
+            common::wire::metric(&base, "sockgate_session_lookups_stale_total").await,
             1.0
         );
         break;

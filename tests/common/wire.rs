@@ -30,6 +30,24 @@ pub async fn metric(base_url: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Waits until `/metrics` shows `name` at `want`, for counts a task of the
+/// server's own moves (a session lookup is counted when its statement goes
+/// out); panics after 10 s.
+pub async fn metric_reaches(base_url: &str, name: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = metric(base_url, name).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} stayed at {now}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Opens an engine.io long-polling session on `base_url` with `cookie` (a
 /// whole `Cookie` header): its open packet (`sid`, `pingInterval`, ...).
 pub async fn polling_open(base_url: &str, cookie: &str) -> serde_json::Value {
