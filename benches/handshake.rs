@@ -5,7 +5,9 @@
 //! (pg_stat_database), handshakes per session lookup statement (`hs/stmt`,
 //! sockgate's /metrics: how much concurrent handshakes share), resident
 //! memory per idle websocket socket at 10,000 and per held long-polling
-//! socket at 2,000.
+//! socket at 2,000. Each run also prints the CPU the machine's `postgres`
+//! processes spent per handshake and, on long-polling, the p50/p99 of each
+//! of the handshake's three steps.
 //!
 //!     cargo bench --bench handshake
 //!
@@ -35,7 +37,7 @@ enum Transport {
 
 enum Held {
     Ws(Box<support::Ws>),
-    Polling(String),
+    Polling(String, [Duration; 3]),
 }
 
 struct Run {
@@ -49,6 +51,12 @@ struct Run {
     db_xacts: Option<f64>,
     /// Handshakes per session lookup statement (sockgate's /metrics).
     per_statement: Option<f64>,
+    /// CPU time of the machine's `postgres` processes over the run (those
+    /// alive at its end: a backend that exits during it is not counted).
+    db_cpu: Duration,
+    /// Long-polling: each handshake's opening GET, CONNECT POST and polls
+    /// until the answer, each sorted on its own.
+    steps: [Vec<Duration>; 3],
     failed: usize,
 }
 
@@ -70,7 +78,31 @@ impl Run {
     fn client_cpu_ms(&self) -> f64 {
         self.client_cpu.as_secs_f64() * 1000.0 / self.handshakes as f64
     }
+    fn db_cpu_ms(&self) -> f64 {
+        self.db_cpu.as_secs_f64() * 1000.0 / self.handshakes as f64
+    }
+    /// p50 and p99 of each long-polling step, in ms (empty on websocket).
+    fn steps_ms(&self) -> Vec<(f64, f64)> {
+        let pct = |v: &[Duration], q: f64| {
+            v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0
+        };
+        self.steps
+            .iter()
+            .filter(|v| !v.is_empty())
+            .map(|v| (pct(v, 0.5), pct(v, 0.99)))
+            .collect()
+    }
     fn json(&self) -> serde_json::Value {
+        let steps: serde_json::Map<_, _> = ["open", "connect", "answer"]
+            .into_iter()
+            .zip(self.steps_ms())
+            .map(|(step, (p50, p99))| {
+                (
+                    step.to_owned(),
+                    serde_json::json!({ "p50": p50, "p99": p99 }),
+                )
+            })
+            .collect();
         serde_json::json!({
             "handshakes": self.handshakes,
             "failed": self.failed,
@@ -79,6 +111,8 @@ impl Run {
             "p99_ms": self.pct(0.99),
             "server_cpu_ms_per_handshake": self.server_cpu_ms(),
             "client_cpu_ms_per_handshake": self.client_cpu_ms(),
+            "db_cpu_ms_per_handshake": self.db_cpu_ms(),
+            "polling_steps_ms": steps,
             "server_instructions_per_handshake": self.server_instructions(),
             "db_transactions_per_handshake": self.db_xacts,
             "lookups_per_statement": self.per_statement,
@@ -131,7 +165,12 @@ async fn run(
     let sem = std::sync::Arc::new(Semaphore::new(concurrency));
     let addr: SocketAddr = server.addr;
     server.zero_instructions();
-    let (cpu0, client0, started) = (server.cpu_time(), own_cpu(), Instant::now());
+    let (cpu0, client0, db0, started) = (
+        server.cpu_time(),
+        own_cpu(),
+        support::postgres_cpu(),
+        Instant::now(),
+    );
     let mut tasks = Vec::with_capacity(cookies.len());
     for cookie in cookies {
         let permit = sem.clone().acquire_owned().await.unwrap();
@@ -142,9 +181,9 @@ async fn run(
                 Transport::Websocket => support::handshake(&addr, &cookie)
                     .await
                     .map(|ws| Held::Ws(Box::new(ws))),
-                Transport::Polling => support::polling_handshake(&http, &addr, &cookie)
+                Transport::Polling => support::polling_handshake_timed(&http, &addr, &cookie)
                     .await
-                    .map(Held::Polling),
+                    .map(|(sid, steps)| Held::Polling(sid, steps)),
             };
             drop(permit);
             (t.elapsed(), held)
@@ -152,12 +191,18 @@ async fn run(
     }
     let mut latencies = Vec::with_capacity(tasks.len());
     let mut held = Vec::with_capacity(tasks.len());
+    let mut steps: [Vec<Duration>; 3] = Default::default();
     let mut failed = 0;
     for t in tasks {
         let (latency, result) = t.await.unwrap();
         match result {
             Ok(h) => {
                 latencies.push(latency);
+                if let Held::Polling(_, taken) = &h {
+                    for (all, took) in steps.iter_mut().zip(taken) {
+                        all.push(*took);
+                    }
+                }
                 held.push(h);
             }
             Err(HandshakeError::Refused(m) | HandshakeError::Transport(m)) => {
@@ -169,10 +214,12 @@ async fn run(
         }
     }
     let wall = started.elapsed();
-    let (server_cpu, client_cpu) = (
+    let (server_cpu, client_cpu, db_cpu) = (
         server.cpu_time().saturating_sub(cpu0),
         own_cpu().saturating_sub(client0),
+        support::postgres_cpu().saturating_sub(db0),
     );
+    steps.iter_mut().for_each(|s| s.sort());
     let server_instructions = server.instructions();
     latencies.sort();
     let handshakes = latencies.len();
@@ -190,7 +237,7 @@ async fn run(
     for h in held {
         match h {
             Held::Ws(ws) => drop(ws),
-            Held::Polling(sid) => support::polling_close(&http, &addr, &sid).await,
+            Held::Polling(sid, _) => support::polling_close(&http, &addr, &sid).await,
         }
     }
     Run {
@@ -202,6 +249,8 @@ async fn run(
         client_cpu,
         db_xacts,
         per_statement,
+        db_cpu,
+        steps,
         failed,
     }
 }
@@ -382,6 +431,21 @@ async fn main() {
                     r.client_cpu_ms(),
                     r.db_xacts.map_or("-".into(), |x| format!("{x:.3}")),
                     r.per_statement.map_or("-".into(), |x| format!("{x:.1}"))
+                );
+            }
+            for (name, r) in [("sockgate", &auth), ("ceiling", &bare)] {
+                let steps = r.steps_ms();
+                let steps = match steps.as_slice() {
+                    [open, connect, answer] => format!(
+                        "; p50/p99 ms of the opening GET {:.2}/{:.2}, the CONNECT POST {:.2}/{:.2}, the polls to the answer {:.2}/{:.2}",
+                        open.0, open.1, connect.0, connect.1, answer.0, answer.1
+                    ),
+                    _ => String::new(),
+                };
+                println!(
+                    "{:<10} {name:<9} postgres CPU {:.3} ms/hs{steps}",
+                    "",
+                    r.db_cpu_ms()
                 );
             }
             let mut ratios = serde_json::json!({

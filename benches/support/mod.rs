@@ -131,6 +131,34 @@ pub fn own_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// User + system CPU time of every `postgres` process on the machine (the
+/// database's share of a run on a shared machine; a server in a container
+/// counts too, as would another cluster's).
+pub fn postgres_cpu() -> Duration {
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with("(postgres") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime (fields 14 and 15 of /proc/pid/stat, 1-based).
+        for i in [11, 12] {
+            ticks += fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_secs_f64(ticks as f64 / hz)
+}
+
 /// A PostgreSQL client on `url`, its connection driven by a task of its own.
 pub async fn pg_client(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -410,6 +438,19 @@ pub async fn polling_handshake(
     addr: &SocketAddr,
     cookie: &str,
 ) -> Result<String, HandshakeError> {
+    polling_handshake_timed(client, addr, cookie)
+        .await
+        .map(|(sid, _)| sid)
+}
+
+/// [`polling_handshake`], with how long each of its steps took: the opening
+/// GET, the CONNECT's POST, and the polls until the answer.
+pub async fn polling_handshake_timed(
+    client: &reqwest::Client,
+    addr: &SocketAddr,
+    cookie: &str,
+) -> Result<(String, [Duration; 3]), HandshakeError> {
+    let started = Instant::now();
     let base = format!("http://{addr}/socket.io/?EIO=4&transport=polling");
     let t = |e: reqwest::Error| HandshakeError::Transport(e.to_string());
     let cookie = format!("connect.sid={cookie}");
@@ -425,6 +466,7 @@ pub async fn polling_handshake(
         .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
         .and_then(|v| v["sid"].as_str().map(str::to_owned))
         .ok_or_else(|| HandshakeError::Transport(format!("no open packet: {open}")))?;
+    let opened = Instant::now();
     let url = format!("{base}&sid={sid}");
     client
         .post(&url)
@@ -433,6 +475,7 @@ pub async fn polling_handshake(
         .send()
         .await
         .map_err(t)?;
+    let posted = Instant::now();
     // The answer may follow a ping (a session's first ping comes one
     // `pingInterval` after it opens, 25 s by default; before the vendored
     // engineioxide's item 11, at once): keep polling, answering pings, as
@@ -447,7 +490,8 @@ pub async fn polling_handshake(
         let reply = reply.text().await.map_err(t)?;
         for packet in reply.split('\u{1e}') {
             if packet.starts_with("40") {
-                return Ok(sid);
+                let steps = [opened - started, posted - opened, posted.elapsed()];
+                return Ok((sid, steps));
             }
             if packet.starts_with("44") {
                 return Err(HandshakeError::Refused(packet.to_owned()));
