@@ -15,7 +15,9 @@
 //! (10000 websocket sockets held), BENCH_IDLE_POLLING (2000 long-polling
 //! sockets held), BENCH_ONLY (`handshakes`, `idle` or `polling`: one part
 //! of the run), BENCH_TRANSPORT (`websocket` or `polling`: the handshakes
-//! over one transport only), BENCH_CALLGRIND (`1`: both servers under
+//! over one transport only), BENCH_ROUNDS (1: how many times each server
+//! runs the handshakes, the two taking turns to go first; past one, the
+//! median of the rounds' ratios is printed too), BENCH_CALLGRIND (`1`: both servers under
 //! valgrind's callgrind, and the handshakes also report the server's
 //! instructions per handshake, which repeat from run to run where CPU time
 //! does not; the times are then meaningless); DATABASE_URL names the PostgreSQL server (default the local
@@ -255,6 +257,64 @@ async fn run(
     }
 }
 
+/// Prints one round's rows for both servers and their ratios; returns the
+/// ratios.
+fn print_pair(transport: Transport, auth: &Run, bare: &Run) -> serde_json::Value {
+    for (name, r) in [("sockgate", auth), ("ceiling", bare)] {
+        println!(
+            "{:<10} {:<9} {:>10.0} {:>8.2} {:>8.2} {:>13.3} {:>13.3} {:>9} {:>10}",
+            format!("{transport:?}").to_lowercase(),
+            name,
+            r.rate(),
+            r.pct(0.5),
+            r.pct(0.99),
+            r.server_cpu_ms(),
+            r.client_cpu_ms(),
+            r.db_xacts.map_or("-".into(), |x| format!("{x:.3}")),
+            r.per_statement.map_or("-".into(), |x| format!("{x:.1}"))
+        );
+    }
+    for (name, r) in [("sockgate", auth), ("ceiling", bare)] {
+        let steps = r.steps_ms();
+        let steps = match steps.as_slice() {
+            [open, connect, answer] => format!(
+                "; p50/p99 ms of the opening GET {:.2}/{:.2}, the CONNECT POST {:.2}/{:.2}, the polls to the answer {:.2}/{:.2}",
+                open.0, open.1, connect.0, connect.1, answer.0, answer.1
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "{:<10} {name:<9} postgres CPU {:.3} ms/hs{steps}",
+            "",
+            r.db_cpu_ms()
+        );
+    }
+    let mut ratios = serde_json::json!({
+        "rate": auth.rate() / bare.rate(),
+        "server_cpu": auth.server_cpu_ms() / bare.server_cpu_ms(),
+        "p50": auth.pct(0.5) / bare.pct(0.5),
+        "p99": auth.pct(0.99) / bare.pct(0.99),
+    });
+    if let (Some(a), Some(b)) = (auth.server_instructions(), bare.server_instructions()) {
+        println!(
+            "{:<10} server instructions per handshake (callgrind): sockgate {a:.0}, ceiling {b:.0}, ratio {:.3}",
+            "",
+            a / b
+        );
+        ratios["server_instructions"] = (a / b).into();
+    }
+    println!(
+        "{:<10} {:<9} {:>10.2} {:>8.2} {:>8.2} {:>13.2}   (sockgate / ceiling)",
+        "",
+        "ratio",
+        ratios["rate"].as_f64().unwrap(),
+        ratios["p50"].as_f64().unwrap(),
+        ratios["p99"].as_f64().unwrap(),
+        ratios["server_cpu"].as_f64().unwrap()
+    );
+    ratios
+}
+
 /// Resident memory per idle authenticated socket: a fresh server, one warm-up
 /// socket, then `n` more held open.
 async fn idle_memory(server: &Server, cookies: &[String]) -> serde_json::Value {
@@ -382,6 +442,7 @@ async fn main() {
     }
     let n = env_usize("BENCH_HANDSHAKES", 5000);
     let concurrency = env_usize("BENCH_CONCURRENCY", 32);
+    let rounds_wanted = env_usize("BENCH_ROUNDS", 1).max(1);
     let idle = env_usize("BENCH_IDLE", 10_000);
     let db = BenchDb::create().await;
     let cookies = db.insert_sessions(n.max(idle + 1), 3600).await;
@@ -417,64 +478,59 @@ async fn main() {
             // Warm both (first-connection allocations, prepared statements).
             run(&sockgate, transport, &cookies[..50], concurrency, None).await;
             run(&ceiling, transport, &cookies[..50], concurrency, None).await;
-            let auth = run(&sockgate, transport, &cookies[..n], concurrency, Some(&db)).await;
-            let bare = run(&ceiling, transport, &cookies[..n], concurrency, None).await;
-            for (name, r) in [("sockgate", &auth), ("ceiling", &bare)] {
-                println!(
-                    "{:<10} {:<9} {:>10.0} {:>8.2} {:>8.2} {:>13.3} {:>13.3} {:>9} {:>10}",
-                    format!("{transport:?}").to_lowercase(),
-                    name,
-                    r.rate(),
-                    r.pct(0.5),
-                    r.pct(0.99),
-                    r.server_cpu_ms(),
-                    r.client_cpu_ms(),
-                    r.db_xacts.map_or("-".into(), |x| format!("{x:.3}")),
-                    r.per_statement.map_or("-".into(), |x| format!("{x:.1}"))
-                );
-            }
-            for (name, r) in [("sockgate", &auth), ("ceiling", &bare)] {
-                let steps = r.steps_ms();
-                let steps = match steps.as_slice() {
-                    [open, connect, answer] => format!(
-                        "; p50/p99 ms of the opening GET {:.2}/{:.2}, the CONNECT POST {:.2}/{:.2}, the polls to the answer {:.2}/{:.2}",
-                        open.0, open.1, connect.0, connect.1, answer.0, answer.1
-                    ),
-                    _ => String::new(),
+            // Rounds alternate which server goes first, so neither always
+            // meets the machine as the other left it.
+            let mut rounds = Vec::with_capacity(rounds_wanted);
+            for round in 0..rounds_wanted {
+                if rounds_wanted > 1 {
+                    println!("{:<10} round {} of {rounds_wanted}", "", round + 1);
+                }
+                let (auth, bare) = if round % 2 == 0 {
+                    let auth =
+                        run(&sockgate, transport, &cookies[..n], concurrency, Some(&db)).await;
+                    (
+                        auth,
+                        run(&ceiling, transport, &cookies[..n], concurrency, None).await,
+                    )
+                } else {
+                    let bare = run(&ceiling, transport, &cookies[..n], concurrency, None).await;
+                    (
+                        run(&sockgate, transport, &cookies[..n], concurrency, Some(&db)).await,
+                        bare,
+                    )
                 };
-                println!(
-                    "{:<10} {name:<9} postgres CPU {:.3} ms/hs{steps}",
-                    "",
-                    r.db_cpu_ms()
-                );
+                let ratios = print_pair(transport, &auth, &bare);
+                rounds.push(serde_json::json!({ "sockgate": auth.json(), "ceiling": bare.json(), "ratio": ratios }));
             }
-            let mut ratios = serde_json::json!({
-                "rate": auth.rate() / bare.rate(),
-                "server_cpu": auth.server_cpu_ms() / bare.server_cpu_ms(),
-                "p50": auth.pct(0.5) / bare.pct(0.5),
-                "p99": auth.pct(0.99) / bare.pct(0.99),
-            });
-            if let (Some(a), Some(b)) = (auth.server_instructions(), bare.server_instructions()) {
+            let mut entry = rounds.last().cloned().expect("at least one round");
+            if rounds_wanted > 1 {
+                let median = |key: &str| {
+                    let mut v: Vec<f64> = rounds
+                        .iter()
+                        .filter_map(|r| r["ratio"][key].as_f64())
+                        .collect();
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                let medians = serde_json::json!({
+                    "rate": median("rate"),
+                    "p50": median("p50"),
+                    "p99": median("p99"),
+                    "server_cpu": median("server_cpu"),
+                });
                 println!(
-                    "{:<10} server instructions per handshake (callgrind): sockgate {a:.0}, ceiling {b:.0}, ratio {:.3}",
+                    "{:<10} {:<9} {:>10.2} {:>8.2} {:>8.2} {:>13.2}   (sockgate / ceiling, median of {rounds_wanted} rounds)",
                     "",
-                    a / b
+                    "median",
+                    medians["rate"].as_f64().unwrap(),
+                    medians["p50"].as_f64().unwrap(),
+                    medians["p99"].as_f64().unwrap(),
+                    medians["server_cpu"].as_f64().unwrap()
                 );
-                ratios["server_instructions"] = (a / b).into();
+                entry["median_ratio"] = medians;
             }
-            println!(
-                "{:<10} {:<9} {:>10.2} {:>8.2} {:>8.2} {:>13.2}   (sockgate / ceiling)",
-                "",
-                "ratio",
-                ratios["rate"].as_f64().unwrap(),
-                ratios["p50"].as_f64().unwrap(),
-                ratios["p99"].as_f64().unwrap(),
-                ratios["server_cpu"].as_f64().unwrap()
-            );
-            report.insert(
-            format!("{transport:?}").to_lowercase(),
-            serde_json::json!({ "sockgate": auth.json(), "ceiling": bare.json(), "ratio": ratios }),
-        );
+            entry["rounds"] = rounds.into();
+            report.insert(format!("{transport:?}").to_lowercase(), entry);
             sockgate.stop();
             ceiling.stop();
         }
