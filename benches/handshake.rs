@@ -303,16 +303,21 @@ fn print_pair(transport: Transport, auth: &Run, bare: &Run) -> serde_json::Value
         );
         ratios["server_instructions"] = (a / b).into();
     }
-    println!(
-        "{:<10} {:<9} {:>10.2} {:>8.2} {:>8.2} {:>13.2}   (sockgate / ceiling)",
-        "",
-        "ratio",
-        ratios["rate"].as_f64().unwrap(),
-        ratios["p50"].as_f64().unwrap(),
-        ratios["p99"].as_f64().unwrap(),
-        ratios["server_cpu"].as_f64().unwrap()
-    );
+    print_ratios("ratio", &ratios, "");
     ratios
+}
+
+/// One line of sockgate / ceiling ratios, in the table's columns.
+fn print_ratios(label: &str, ratios: &serde_json::Value, note: &str) {
+    let r = |key: &str| ratios[key].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "{:<10} {label:<9} {:>10.2} {:>8.2} {:>8.2} {:>13.2}   (sockgate / ceiling{note})",
+        "",
+        r("rate"),
+        r("p50"),
+        r("p99"),
+        r("server_cpu")
+    );
 }
 
 /// Resident memory per idle authenticated socket: a fresh server, one warm-up
@@ -518,14 +523,10 @@ async fn main() {
                     "p99": median("p99"),
                     "server_cpu": median("server_cpu"),
                 });
-                println!(
-                    "{:<10} {:<9} {:>10.2} {:>8.2} {:>8.2} {:>13.2}   (sockgate / ceiling, median of {rounds_wanted} rounds)",
-                    "",
+                print_ratios(
                     "median",
-                    medians["rate"].as_f64().unwrap(),
-                    medians["p50"].as_f64().unwrap(),
-                    medians["p99"].as_f64().unwrap(),
-                    medians["server_cpu"].as_f64().unwrap()
+                    &medians,
+                    &format!(", median of {rounds_wanted} rounds"),
                 );
                 entry["median_ratio"] = medians;
             }
