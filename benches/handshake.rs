@@ -509,6 +509,8 @@ async fn main() {
             }
             let mut entry = rounds.last().cloned().expect("at least one round");
             if rounds_wanted > 1 {
+                // The upper of the middle two for an even count; a ratio a
+                // round could not measure (no CPU tick on a tiny run) is left out.
                 let median = |key: &str| {
                     let mut v: Vec<f64> = rounds
                         .iter()
