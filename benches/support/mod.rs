@@ -135,27 +135,39 @@ pub fn own_cpu() -> Duration {
 /// database's share of a run on a shared machine; a server in a container
 /// counts too, as would another cluster's).
 pub fn postgres_cpu() -> Duration {
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let mut ticks = 0u64;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if !head.ends_with("(postgres") {
-            continue;
-        }
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime (fields 14 and 15 of /proc/pid/stat, 1-based).
-        for i in [11, 12] {
-            ticks += fields
+    let ticks = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(head, _)| head.ends_with("(postgres"))
+        })
+        .map(|stat| stat_ticks(&stat))
+        .sum();
+    clock_ticks(ticks)
+}
+
+/// utime + stime, in clock ticks, from the text of a `/proc/<pid>/stat`.
+fn stat_ticks(stat: &str) -> u64 {
+    // The command name may hold spaces and parentheses: count fields after
+    // its closing parenthesis. utime and stime are fields 14 and 15 (1-based).
+    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    [11, 12]
+        .iter()
+        .map(|&i| {
+            fields
                 .get(i)
                 .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+fn clock_ticks(ticks: u64) -> Duration {
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Duration::from_secs_f64(ticks as f64 / hz)
 }
 
@@ -376,18 +388,7 @@ impl Server {
     pub fn cpu_time(&self) -> Duration {
         let stat =
             std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after_comm.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        // utime and stime are fields 14 and 15 of /proc/pid/stat (1-based).
-        let total = ticks(11) + ticks(12);
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-        Duration::from_secs_f64(total as f64 / hz as f64)
+        clock_ticks(stat_ticks(&stat))
     }
 
     pub async fn metrics(&self) -> Metrics {
