@@ -42,6 +42,12 @@ enum Held {
     Polling(String, [Duration; 3]),
 }
 
+/// The `q` quantile of `sorted` (nearest rank), in ms.
+fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
 struct Run {
     handshakes: usize,
     wall: Duration,
@@ -67,8 +73,7 @@ impl Run {
         self.handshakes as f64 / self.wall.as_secs_f64()
     }
     fn pct(&self, q: f64) -> f64 {
-        let i = ((self.latencies.len() - 1) as f64 * q).round() as usize;
-        self.latencies[i].as_secs_f64() * 1000.0
+        percentile_ms(&self.latencies, q)
     }
     fn server_cpu_ms(&self) -> f64 {
         self.server_cpu.as_secs_f64() * 1000.0 / self.handshakes as f64
@@ -85,13 +90,10 @@ impl Run {
     }
     /// p50 and p99 of each long-polling step, in ms (empty on websocket).
     fn steps_ms(&self) -> Vec<(f64, f64)> {
-        let pct = |v: &[Duration], q: f64| {
-            v[((v.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0
-        };
         self.steps
             .iter()
             .filter(|v| !v.is_empty())
-            .map(|v| (pct(v, 0.5), pct(v, 0.99)))
+            .map(|v| (percentile_ms(v, 0.5), percentile_ms(v, 0.99)))
             .collect()
     }
     fn json(&self) -> serde_json::Value {
